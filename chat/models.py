@@ -1,0 +1,69 @@
+"""Chat rooms and their messages.
+
+The chat server (twisted_chat) owns message ids: each message has a per-room ``seq``,
+strictly increasing in order of acceptance, which is the ``id`` clients see on the wire.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class ChatRoom(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    description = models.CharField(max_length=300, blank=True)
+    is_private = models.BooleanField(
+        default=False, help_text="Only members can read, post and see this room."
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="chat_rooms"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # High-water mark of ids handed out, so that ids are never reused even after the
+    # newest messages are deleted and the server restarts.
+    last_message_id = models.PositiveBigIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("chat:room", args=[self.pk])
+
+    def is_visible_to(self, user) -> bool:
+        if not self.is_private:
+            return True
+        return bool(user and user.is_authenticated) and self.members.filter(pk=user.pk).exists()
+
+
+class Message(models.Model):
+    room = models.ForeignKey(ChatRoom, on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveBigIntegerField(help_text="Per-room id, as clients see it.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="chat_messages",
+    )
+    # Kept with the message so history shows the author as they were named at the time.
+    username = models.CharField(max_length=150)
+    text = models.TextField()
+    ts = models.BigIntegerField(help_text="Server time of acceptance, ms since the epoch.")
+    nonce = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="chat_message_room_seq"),
+            models.UniqueConstraint(
+                fields=["room", "user", "nonce"],
+                condition=~models.Q(nonce=""),
+                name="chat_message_room_user_nonce",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room} #{self.seq} {self.username}: {self.text[:40]}"
