@@ -1,0 +1,146 @@
+"""The database side of the store: blocking Django ORM calls, run only in thread pools.
+
+Each function is one short transaction; nothing here may be called on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max
+
+from chat.models import ChatRoom, Message
+
+from .messages import ChatMessage
+from .store import RoomInfo, UnknownRoom
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSnapshot:
+    info: RoomInfo
+    last_id: int
+    recent: list[ChatMessage]
+
+
+class Stored:
+    """Write outcome: the message is in the database under its own id."""
+
+
+class Duplicate:
+    """Write outcome: the (room, user, nonce) was already stored under another id."""
+
+    def __init__(self, message_id: int):
+        self.message_id = message_id
+
+
+STORED = Stored()
+
+
+def _to_chat_message(row: Message) -> ChatMessage:
+    return ChatMessage(
+        room=row.room_id,
+        id=row.seq,
+        ts=row.ts,
+        user=row.username,
+        text=row.text,
+        user_id=row.user_id,
+        nonce=row.nonce,
+    )
+
+
+_FIELDS = ("room_id", "seq", "ts", "username", "text", "user_id", "nonce")
+
+
+def load_room_info(room_id: int) -> RoomInfo:
+    try:
+        room = ChatRoom.objects.get(pk=room_id)
+    except ChatRoom.DoesNotExist:
+        raise UnknownRoom(room_id) from None
+    members = frozenset(room.members.values_list("pk", flat=True)) if room.is_private else frozenset()
+    return RoomInfo(room.pk, room.name, room.is_private, members)
+
+
+def load_room(room_id: int, window: int) -> RoomSnapshot:
+    """What the store needs to serve a room: who may see it, its newest id, recent messages."""
+    info = load_room_info(room_id)
+    high_water = ChatRoom.objects.filter(pk=room_id).values_list("last_message_id", flat=True)[0]
+    rows = Message.objects.filter(room_id=room_id).order_by("-seq").only(*_FIELDS)[:window]
+    recent = [_to_chat_message(row) for row in reversed(rows)]
+    newest = Message.objects.filter(room_id=room_id).aggregate(m=Max("seq"))["m"] or 0
+    return RoomSnapshot(info, max(high_water, newest), recent)
+
+
+def read_after(room_id: int, since: int, limit: int) -> list[ChatMessage]:
+    rows = Message.objects.filter(room_id=room_id, seq__gt=since).order_by("seq").only(*_FIELDS)
+    return [_to_chat_message(row) for row in rows[:limit]]
+
+
+def read_latest(room_id: int, limit: int) -> list[ChatMessage]:
+    rows = Message.objects.filter(room_id=room_id).order_by("-seq").only(*_FIELDS)[:limit]
+    return [_to_chat_message(row) for row in reversed(rows)]
+
+
+def write_batch(messages: Sequence[ChatMessage]) -> list[Stored | Duplicate | UnknownRoom]:
+    """Write a batch in one transaction (the group commit) and say what became of each.
+
+    The rooms are locked first, so a room deleted meanwhile is seen here rather than
+    failing the whole batch on a foreign key, and the high-water marks move with the rows.
+    """
+    with transaction.atomic():
+        room_ids = {m.room for m in messages}
+        alive = set(ChatRoom.objects.select_for_update().filter(pk__in=room_ids).values_list("pk", flat=True))
+        outcomes: list[Stored | Duplicate | UnknownRoom] = [
+            STORED if m.room in alive else UnknownRoom(m.room) for m in messages
+        ]
+        rows = [_to_row(m) for m, o in zip(messages, outcomes, strict=True) if o is STORED]
+        try:
+            with transaction.atomic():
+                Message.objects.bulk_create(rows)
+        except IntegrityError:
+            # A nonce seen before this process remembered it: write one by one to find it.
+            for index, message in enumerate(messages):
+                if outcomes[index] is STORED:
+                    outcomes[index] = _write_one(message)
+        high_water: dict[int, int] = {}
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if outcome is STORED:
+                high_water[message.room] = max(high_water.get(message.room, 0), message.id)
+        for room_id, seq in high_water.items():
+            ChatRoom.objects.filter(pk=room_id, last_message_id__lt=seq).update(last_message_id=seq)
+    return outcomes
+
+
+def _write_one(message: ChatMessage) -> Stored | Duplicate:
+    try:
+        with transaction.atomic():
+            _to_row(message).save(force_insert=True)
+        return STORED
+    except IntegrityError:
+        existing = (
+            Message.objects.filter(room_id=message.room, user_id=message.user_id, nonce=message.nonce)
+            .values_list("seq", flat=True)
+            .first()
+        )
+        if existing is None or not message.nonce:
+            raise
+        return Duplicate(existing)
+
+
+def _to_row(message: ChatMessage) -> Message:
+    return Message(
+        room_id=message.room,
+        seq=message.id,
+        ts=message.ts,
+        username=message.user,
+        text=message.text,
+        user_id=message.user_id,
+        nonce=message.nonce,
+    )
+
+
+def ping() -> None:
+    """Raise if the database does not answer."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
