@@ -152,3 +152,5 @@ CHAT_WSGI_THREADS = int(os.environ.get("CHAT_WSGI_THREADS", "10"))
 CHAT_DB_THREADS = int(os.environ.get("CHAT_DB_THREADS", "4"))
 # Redis pub/sub and history backend; empty means the in-memory store.
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")
+# Origins besides the site's own that may open the WebSocket (e.g. "https://chat.example.com").
+CHAT_ALLOWED_ORIGINS = env_list("CHAT_ALLOWED_ORIGINS")

@@ -1,0 +1,41 @@
+"""``/healthz``: 200 when the database answers, 503 with the reason when it does not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from . import archive
+from .http_json import json_body
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def __init__(self, reactor: Any, run_query: Any, timeout: float = 5.0):
+        super().__init__()
+        self._reactor = reactor
+        self._run_query = run_query
+        self._timeout = timeout
+
+    def render_GET(self, request: Request) -> int:
+        d = self._run_query(archive.ping)
+        d.addTimeout(self._timeout, self._reactor)
+        d.addCallbacks(self._healthy, self._unhealthy, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def _healthy(self, _: None, request: Request) -> None:
+        _respond(request, json_body(request, {"status": "ok"}))
+
+    def _unhealthy(self, failure: Failure, request: Request) -> None:
+        reason = f"database: {failure.getErrorMessage() or failure.type.__name__}"
+        _respond(request, json_body(request, {"status": "unavailable", "reason": reason}, 503))
+
+
+def _respond(request: Request, body: bytes) -> None:
+    if not request.finished and not getattr(request, "_disconnected", False):
+        request.write(body)
+        request.finish()

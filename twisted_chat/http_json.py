@@ -1,0 +1,20 @@
+"""JSON responses for the Twisted resources, with the headers every one of them needs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.server import Request
+
+
+def json_body(request: Request, obj: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_body(request: Request, status: int, code: str, message: str) -> bytes:
+    return json_body(request, {"error": {"code": code, "message": message}}, status)

@@ -1,0 +1,97 @@
+"""The chat server as a Twisted service: thread pools, the store, the site, the port.
+
+Started by chatserver.tac. Stopping it (SIGTERM, or the reactor shutting down) is graceful:
+stop accepting, tell WebSocket clients to come back (1001), answer parked polls, write
+every accepted message, then stop the threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.web.wsgi import WSGIResource
+
+from . import django_signals
+from .access import AccessLog
+from .health import HealthResource
+from .longpoll import LongPollResource
+from .memory_store import InMemoryMessageStore
+from .sessions import SessionCache
+from .site import build_site
+from .static import static_resource
+from .threads import ThreadPoolService
+from .websocket import ChatWebSocketFactory
+
+log = logging.getLogger(__name__)
+
+
+class ChatServer(MultiService):
+    def __init__(self, reactor: Any, port: int, interface: str = "127.0.0.1"):
+        super().__init__()
+        self.reactor = reactor
+        self.wsgi_threads = ThreadPoolService(reactor, "django-wsgi", settings.CHAT_WSGI_THREADS)
+        self.db_threads = ThreadPoolService(reactor, "chat-db", settings.CHAT_DB_THREADS)
+        self.writer_threads = ThreadPoolService(reactor, "chat-writer", 1)
+        for pool in (self.wsgi_threads, self.db_threads, self.writer_threads):
+            pool.setServiceParent(self)
+
+        self.store = InMemoryMessageStore(
+            reactor,
+            self.db_threads.run,
+            self.writer_threads.run,
+            window=settings.CHAT_HISTORY_WINDOW,
+            max_idle_rooms=settings.CHAT_MAX_IDLE_ROOMS,
+            max_batch=settings.CHAT_MAX_BATCH,
+        )
+        django_signals.connect(reactor, self.store)
+        sessions = SessionCache(self.db_threads.run)
+
+        self.websockets = ChatWebSocketFactory(
+            self.store,
+            sessions,
+            AccessLog(),
+            allowed_origins=settings.CHAT_ALLOWED_ORIGINS,
+            max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
+            recent_count=settings.CHAT_RECENT_COUNT,
+            page_size=settings.CHAT_POLL_PAGE_SIZE,
+        )
+        self.longpoll = LongPollResource(
+            reactor,
+            self.store,
+            sessions,
+            self.db_threads.run,
+            max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
+            recent_count=settings.CHAT_RECENT_COUNT,
+            page_size=settings.CHAT_POLL_PAGE_SIZE,
+            default_timeout=settings.CHAT_POLL_TIMEOUT,
+            max_timeout=settings.CHAT_POLL_MAX_TIMEOUT,
+        )
+        self.site = build_site(
+            WSGIResource(reactor, self.wsgi_threads.pool, WSGIHandler()),
+            WebSocketResource(self.websockets),
+            self.longpoll,
+            static_resource(),
+            HealthResource(reactor, self.db_threads.run),
+        )
+        self.listener = strports.service(f"tcp:{port}:interface={interface}", self.site)
+        self.listener.setServiceParent(self)
+
+    @inlineCallbacks
+    def stopService(self) -> Deferred[None]:
+        log.info("shutting down: closing connections and writing pending messages")
+        yield self.listener.stopService()
+        for protocol in list(self.websockets.connections):
+            protocol.sendClose(1001, "server shutting down")
+        self.longpoll.release_all()
+        yield self.store.close()
+        others = [s.stopService() for s in reversed(list(self)) if s is not self.listener and s.running]
+        yield DeferredList([d for d in others if d is not None])
+        self.running = 0
+        log.info("shut down cleanly")
