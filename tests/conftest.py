@@ -1,0 +1,54 @@
+"""Fixtures for end-to-end tests: a migrated database template and real twistd servers."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .server import PASSWORD, ChatServerProcess, base_env, manage
+
+USERS = ("alice", "bob", "carol", "admin")
+
+
+@pytest.fixture(scope="session")
+def database_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file with the demo room and test users, copied for each server."""
+    path = tmp_path_factory.mktemp("template") / "db.sqlite3"
+    env = base_env(f"sqlite:///{path}")
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User\n"
+        + "".join(f"User.objects.create_user({name!r}, password={PASSWORD!r})\n" for name in USERS[:-1])
+        + f"User.objects.create_superuser('admin', password={PASSWORD!r})\n"
+        + "from chat.models import ChatRoom\nChatRoom.objects.create(name='Second')\n",
+    )
+    return path
+
+
+@pytest.fixture
+def server_factory(database_template: Path, tmp_path: Path) -> Iterator:
+    """Start servers on fresh copies of the template; all are stopped at the end."""
+    started: list[ChatServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, database: Path | None = None) -> ChatServerProcess:
+        if database is None:
+            database = tmp_path / f"db{len(started)}.sqlite3"
+            shutil.copy(database_template, database)
+        server = ChatServerProcess(f"sqlite:///{database}", tmp_path / f"server{len(started)}.log", env)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop(timeout=20)
+
+
+@pytest.fixture
+def server(server_factory) -> ChatServerProcess:
+    return server_factory()
