@@ -1,7 +1,11 @@
-"""``/healthz``: 200 when the database answers, 503 with the reason when it does not."""
+"""``/healthz``: 200 when the database answers, 503 with the reason when it does not.
+
+The 200 body also counts open connections, which tests and operators wait on.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.python.failure import Failure
@@ -15,8 +19,11 @@ from .http_json import json_body
 class HealthResource(Resource):
     isLeaf = True
 
-    def __init__(self, reactor: Any, run_query: Any, timeout: float = 5.0):
+    def __init__(
+        self, reactor: Any, run_query: Any, stats: Callable[[], dict[str, int]], timeout: float = 5.0
+    ):
         super().__init__()
+        self._stats = stats
         self._reactor = reactor
         self._run_query = run_query
         self._timeout = timeout
@@ -28,7 +35,7 @@ class HealthResource(Resource):
         return NOT_DONE_YET
 
     def _healthy(self, _: None, request: Request) -> None:
-        _respond(request, json_body(request, {"status": "ok"}))
+        _respond(request, json_body(request, {"status": "ok", **self._stats()}))
 
     def _unhealthy(self, failure: Failure, request: Request) -> None:
         reason = f"database: {failure.getErrorMessage() or failure.type.__name__}"

@@ -78,10 +78,17 @@ class ChatServer(MultiService):
             WebSocketResource(self.websockets),
             self.longpoll,
             static_resource(),
-            HealthResource(reactor, self.db_threads.run),
+            HealthResource(reactor, self.db_threads.run, self.stats),
         )
         self.listener = strports.service(f"tcp:{port}:interface={interface}", self.site)
         self.listener.setServiceParent(self)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "websockets": len(self.websockets.connections),
+            "subscriptions": self.websockets.subscriber_count(),
+            "parked_polls": self.longpoll.parked_count,
+        }
 
     @inlineCallbacks
     def stopService(self) -> Deferred[None]:

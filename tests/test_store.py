@@ -1,0 +1,224 @@
+"""The in-memory store against a real database, driven deterministically.
+
+Thread jobs run synchronously and the reactor is a ``task.Clock``, so every step of the
+group commit is visible: nothing is acknowledged or published before its write lands.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from twisted.internet import task
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from chat.models import ChatRoom, Message
+from twisted_chat.memory_store import InMemoryMessageStore
+from twisted_chat.messages import Author
+from twisted_chat.store import StoreUnavailable, UnknownRoom
+
+pytestmark = pytest.mark.django_db
+
+
+def run_now(fn, *args):
+    return maybeDeferred(fn, *args)
+
+
+class HeldWrites:
+    """A write runner whose batches wait until the test lets them through."""
+
+    def __init__(self):
+        self.held: list[tuple[Deferred, object, tuple]] = []
+
+    def __call__(self, fn, *args):
+        d = Deferred()
+        self.held.append((d, fn, args))
+        return d
+
+    def release(self) -> int:
+        d, fn, args = self.held.pop(0)
+        maybeDeferred(fn, *args).chainDeferred(d)
+        return len(args[0])
+
+    def fail(self) -> None:
+        d, _, _ = self.held.pop(0)
+        d.errback(RuntimeError("disk on fire"))
+
+
+class Recorder:
+    def __init__(self):
+        self.published: list[tuple[int, list[int]]] = []
+        self.removed: list[tuple[int, int]] = []
+
+    def messages_published(self, room_id, messages):
+        self.published.append((room_id, [m.id for m in messages]))
+
+    def message_removed(self, room_id, message_id):
+        self.removed.append((room_id, message_id))
+
+
+@pytest.fixture
+def room():
+    return ChatRoom.objects.create(name="Test room")
+
+
+@pytest.fixture
+def alice():
+    user = User.objects.create_user("alice")
+    return Author(user.pk, "alice")
+
+
+def make_store(clock, run_write=run_now, **kwargs):
+    return InMemoryMessageStore(clock, run_now, run_write, clock=lambda: 1_700_000_000.5, **kwargs)
+
+
+def result_of(d: Deferred):
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
+
+
+def test_ids_follow_acceptance_order_and_acks_wait_for_the_write(room, alice):
+    clock, writes = task.Clock(), HeldWrites()
+    store = make_store(clock, writes)
+    listener = Recorder()
+    store.subscribe(room.pk, listener)
+    acks = [store.append(room.pk, alice, f"m{i}") for i in range(3)]
+    clock.advance(0)
+    fired = []
+    for ack in acks:
+        ack.addCallback(fired.append)
+    assert fired == [] and listener.published == [] and store.last_id(room.pk) == 0
+    assert Message.objects.count() == 0
+    writes.release()
+    assert fired == [1, 2, 3]
+    assert listener.published == [(room.pk, [1, 2, 3])]
+    assert list(Message.objects.values_list("seq", "text", "ts")) == [
+        (1, "m0", 1_700_000_000_500),
+        (2, "m1", 1_700_000_000_500),
+        (3, "m2", 1_700_000_000_500),
+    ]
+
+
+def test_messages_accepted_during_a_write_share_the_next_transaction(room, alice):
+    clock, writes = task.Clock(), HeldWrites()
+    store = make_store(clock, writes)
+    store.append(room.pk, alice, "first")
+    clock.advance(0)
+    assert len(writes.held) == 1
+    for i in range(50):
+        store.append(room.pk, alice, f"burst {i}")
+    clock.advance(0)
+    assert len(writes.held) == 1, "a second batch started while the first was in flight"
+    assert writes.release() == 1
+    assert writes.release() == 50
+    assert store.writer.batches == 2
+    assert ChatRoom.objects.get(pk=room.pk).last_message_id == 51
+
+
+def test_a_failed_write_is_not_acknowledged_and_later_ones_go_on(room, alice):
+    clock, writes = task.Clock(), HeldWrites()
+    store = make_store(clock, writes)
+    listener = Recorder()
+    store.subscribe(room.pk, listener)
+    lost = store.append(room.pk, alice, "lost")
+    clock.advance(0)
+    writes.fail()
+    assert result_of(lost).check(StoreUnavailable)
+    kept = store.append(room.pk, alice, "kept")
+    clock.advance(0)
+    writes.release()
+    assert result_of(kept) == 2
+    assert listener.published == [(room.pk, [2])]
+
+
+def test_window_is_bounded_and_older_history_comes_from_the_database(room, alice):
+    clock = task.Clock()
+    store = make_store(clock, window=10)
+    for i in range(35):
+        store.append(room.pk, alice, f"m{i}")
+        clock.advance(0)
+    window = store._rooms[room.pk].window
+    assert 10 <= len(window) < 20
+    assert [m.id for m in result_of(store.read_after(room.pk, 0, 500))] == list(range(1, 36))
+    assert [m.id for m in result_of(store.read_after(room.pk, 30, 500))] == [31, 32, 33, 34, 35]
+    assert [m.id for m in result_of(store.read_latest(room.pk, 5))] == [31, 32, 33, 34, 35]
+    assert [m.id for m in result_of(store.read_after(room.pk, 3, 4))] == [4, 5, 6, 7]
+
+
+def test_a_new_store_continues_ids_above_the_high_water_mark(room, alice):
+    clock = task.Clock()
+    store = make_store(clock)
+    for i in range(5):
+        store.append(room.pk, alice, f"m{i}")
+    clock.advance(0)
+    Message.objects.filter(seq__gte=4).delete()  # the newest messages are deleted
+    restarted = make_store(clock)
+    ack = restarted.append(room.pk, alice, "after restart")
+    clock.advance(0)
+    assert result_of(ack) == 6, "ids of deleted messages must never be reused"
+    assert [m.id for m in result_of(restarted.read_latest(room.pk, 50))] == [1, 2, 3, 6]
+
+
+def test_same_nonce_is_accepted_once_in_memory_and_across_restarts(room, alice):
+    clock, writes = task.Clock(), HeldWrites()
+    store = make_store(clock, writes)
+    first = store.append(room.pk, alice, "hello", "n-1")
+    retry_in_flight = store.append(room.pk, alice, "hello", "n-1")
+    clock.advance(0)
+    writes.release()
+    assert result_of(first) == result_of(retry_in_flight) == 1
+    assert result_of(store.append(room.pk, alice, "hello", "n-1")) == 1
+    # A store that never saw the nonce (small window, fresh process) finds it in the database.
+    fresh = make_store(clock, window=1)
+    fresh.append(room.pk, alice, "filler")
+    clock.advance(0)
+    fresh2 = make_store(clock, window=1)
+    late_retry = fresh2.append(room.pk, alice, "hello", "n-1")
+    clock.advance(0)
+    assert result_of(late_retry) == 1
+    assert Message.objects.filter(nonce="n-1").count() == 1
+
+
+def test_unknown_room_fails_every_call(alice):
+    store = make_store(task.Clock())
+    assert result_of(store.open_room(4242)).check(UnknownRoom)
+    assert result_of(store.append(4242, alice, "x")).check(UnknownRoom)
+    assert result_of(store.read_after(4242, 0, 10)).check(UnknownRoom)
+
+
+def test_removed_message_leaves_reads_and_listeners_are_told(room, alice):
+    clock = task.Clock()
+    store = make_store(clock)
+    listener = Recorder()
+    store.subscribe(room.pk, listener)
+    for text in ("a", "b", "c"):
+        store.append(room.pk, alice, text)
+    clock.advance(0)
+    Message.objects.filter(room=room, seq=2).delete()
+    store.remove(room.pk, 2)
+    assert listener.removed == [(room.pk, 2)]
+    assert [m.id for m in result_of(store.read_after(room.pk, 0, 10))] == [1, 3]
+
+
+def test_rooms_keep_their_own_sequences(room, alice):
+    other = ChatRoom.objects.create(name="Other")
+    clock = task.Clock()
+    store = make_store(clock)
+    acks = [store.append(r.pk, alice, "x") for r in (room, other, room, other, room)]
+    clock.advance(0)
+    assert [result_of(a) for a in acks] == [1, 1, 2, 2, 3]
+
+
+def test_close_waits_for_pending_writes_and_refuses_new_ones(room, alice):
+    clock, writes = task.Clock(), HeldWrites()
+    store = make_store(clock, writes)
+    ack = store.append(room.pk, alice, "in flight")
+    clock.advance(0)
+    closed = store.close()
+    assert not closed.called
+    assert result_of(store.append(room.pk, alice, "too late")).check(StoreUnavailable)
+    writes.release()
+    assert result_of(ack) == 1
+    clock.advance(0)
+    assert closed.called
