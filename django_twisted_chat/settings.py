@@ -154,3 +154,16 @@ CHAT_DB_THREADS = int(os.environ.get("CHAT_DB_THREADS", "4"))
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")
 # Origins besides the site's own that may open the WebSocket (e.g. "https://chat.example.com").
 CHAT_ALLOWED_ORIGINS = env_list("CHAT_ALLOWED_ORIGINS")
+# Abuse limits (docs/security.md). 0 turns a limit off.
+CHAT_SEND_RATE = float(os.environ.get("CHAT_SEND_RATE", "5"))  # messages per second per user
+CHAT_SEND_BURST = int(os.environ.get("CHAT_SEND_BURST", "20"))
+CHAT_MAX_CONNECTIONS_PER_USER = int(os.environ.get("CHAT_MAX_CONNECTIONS_PER_USER", "20"))
+CHAT_MAX_CONNECTIONS_PER_IP = int(os.environ.get("CHAT_MAX_CONNECTIONS_PER_IP", "200"))
+CHAT_MAX_ROOMS_PER_CONNECTION = int(os.environ.get("CHAT_MAX_ROOMS_PER_CONNECTION", "50"))
+# Largest WebSocket frame or message, and largest HTTP request body, in bytes.
+CHAT_MAX_WS_MESSAGE_BYTES = int(os.environ.get("CHAT_MAX_WS_MESSAGE_BYTES", str(64 * 1024)))
+CHAT_MAX_REQUEST_BODY_BYTES = int(os.environ.get("CHAT_MAX_REQUEST_BODY_BYTES", str(4 * 1024 * 1024)))
+# How long a session's user is trusted before a WebSocket send checks it again.
+CHAT_SESSION_RECHECK_SECONDS = float(os.environ.get("CHAT_SESSION_RECHECK_SECONDS", "5"))
+# JSONP on GET /poll (public rooms only). Off: it lets any site read public rooms.
+CHAT_JSONP = env_bool("CHAT_JSONP", False)

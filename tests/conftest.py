@@ -33,13 +33,17 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def server_factory(database_template: Path, tmp_path: Path) -> Iterator:
-    """Start servers on fresh copies of the template; all are stopped at the end."""
+    """Start servers on fresh copies of the template; all are stopped at the end.
+
+    The send rate limit is off unless a test asks for it: most tests send in bursts.
+    """
     started: list[ChatServerProcess] = []
 
     def start(env: dict[str, str] | None = None, database: Path | None = None) -> ChatServerProcess:
         if database is None:
             database = tmp_path / f"db{len(started)}.sqlite3"
             shutil.copy(database_template, database)
+        env = {"CHAT_SEND_RATE": "0", **(env or {})}
         server = ChatServerProcess(f"sqlite:///{database}", tmp_path / f"server{len(started)}.log", env)
         started.append(server)
         return server.start()

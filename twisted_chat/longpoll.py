@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,11 +21,16 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from . import wire
 from .http_json import error_body, json_body
+from .limits import SendRateLimiter
 from .messages import Author, ChatMessage, deleted_event_json
 from .sessions import CsrfRejected, SessionCache, authenticate_form_post, session_key_from_cookies
 from .store import MessageStore, RoomInfo, StoreUnavailable, UnknownRoom
 
 log = logging.getLogger(__name__)
+
+
+# A plain (optionally dotted) JavaScript identifier: nothing that could end the call early.
+_JS_IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,63}(\.[A-Za-z_$][A-Za-z0-9_$]{0,63}){0,4}$")
 
 
 class _Parked:
@@ -45,7 +51,9 @@ class LongPollResource(Resource):
         store: MessageStore,
         sessions: SessionCache,
         run_query: Any,
+        send_limiter: SendRateLimiter,
         *,
+        jsonp: bool = False,
         max_text_length: int = 4000,
         recent_count: int = 50,
         page_size: int = 500,
@@ -57,6 +65,8 @@ class LongPollResource(Resource):
         self._store = store
         self._sessions = sessions
         self._run_query = run_query
+        self._send_limiter = send_limiter
+        self._jsonp = jsonp
         self._max_text_length = max_text_length
         self._max_body = max_text_length * 4 + 4096
         self._recent_count = recent_count
@@ -83,10 +93,15 @@ class LongPollResource(Resource):
             since_arg = _arg(request, b"since")
             since = wire.parse_since(since_arg if since_arg is not None else _arg(request, b"lastupdate"))
             timeout = self._parse_timeout(_arg(request, b"timeout"))
+            callback = _arg(request, b"callback") if self._jsonp else None
+            if callback is not None and not _JS_IDENTIFIER.match(callback):
+                raise wire.ProtocolError("bad_request", "'callback' must be a JavaScript identifier")
         except wire.ProtocolError as error:
             return error_body(request, error.status, error.code, error.message)
+        if callback is not None:
+            request.jsonp_callback = callback.encode()
         d = self._store.open_room(room_id)
-        d.addCallback(self._check_readable, request)
+        d.addCallback(self._check_readable, request, callback)
         d.addCallback(self._read, request, room_id, since, timeout)
         d.addErrback(self._fail, request)
         return NOT_DONE_YET
@@ -102,9 +117,13 @@ class LongPollResource(Resource):
             raise wire.ProtocolError("bad_request", "'timeout' must be a number of seconds")
         return min(timeout, self._max_timeout)
 
-    def _check_readable(self, info: RoomInfo, request: Request) -> Deferred[None] | None:
+    def _check_readable(
+        self, info: RoomInfo, request: Request, callback: str | None
+    ) -> Deferred[None] | None:
         if not info.is_private:
             return None
+        if callback is not None:
+            raise wire.ProtocolError("forbidden", "private rooms are never served over JSONP", status=403)
         session_key = session_key_from_cookies(_header(request, b"cookie"))
 
         def check(author: Author | None) -> None:
@@ -219,6 +238,9 @@ class LongPollResource(Resource):
         text = wire.clean_text(text, self._max_text_length)
         if author is None:
             raise wire.ProtocolError("not_authenticated", "log in to post", status=403)
+        wait = self._send_limiter.retry_after(author.id)
+        if wait:
+            raise wire.rate_limited(wait)
 
         def append(info: RoomInfo) -> Deferred[int]:
             if not info.readable_by(author):
@@ -234,6 +256,8 @@ class LongPollResource(Resource):
         if failure.check(wire.ProtocolError):
             error = failure.value
             body = error_body(request, error.status, error.code, error.message)
+            if error.retry_after is not None:
+                request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
         elif failure.check(UnknownRoom):
             body = error_body(request, 404, "unknown_room", "no such room")
         elif failure.check(CsrfRejected):
@@ -276,7 +300,12 @@ def _finish(request: Request, body: bytes) -> None:
     """Answer unless the client has already left (finish() after that raises)."""
     if _gone(request):
         return
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    callback = getattr(request, "jsonp_callback", None)
+    if callback is not None and request.code == 200:
+        body = b"/**/" + callback + b"(" + body + b");"
+        request.setHeader(b"content-type", b"application/javascript; charset=utf-8")
+    else:
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"x-content-type-options", b"nosniff")
     request.setHeader(b"content-length", str(len(body)).encode())

@@ -21,6 +21,7 @@ from twisted.web.wsgi import WSGIResource
 from . import django_signals
 from .access import AccessLog
 from .health import HealthResource
+from .limits import SendRateLimiter
 from .longpoll import LongPollResource
 from .memory_store import InMemoryMessageStore
 from .sessions import SessionCache
@@ -51,12 +52,18 @@ class ChatServer(MultiService):
             max_batch=settings.CHAT_MAX_BATCH,
         )
         django_signals.connect(reactor, self.store)
-        sessions = SessionCache(self.db_threads.run)
+        sessions = SessionCache(self.db_threads.run, ttl=settings.CHAT_SESSION_RECHECK_SECONDS)
+        send_limiter = SendRateLimiter(settings.CHAT_SEND_RATE, settings.CHAT_SEND_BURST)
 
         self.websockets = ChatWebSocketFactory(
             self.store,
             sessions,
             AccessLog(),
+            send_limiter,
+            max_connections_per_user=settings.CHAT_MAX_CONNECTIONS_PER_USER,
+            max_connections_per_ip=settings.CHAT_MAX_CONNECTIONS_PER_IP,
+            max_rooms=settings.CHAT_MAX_ROOMS_PER_CONNECTION,
+            max_message_size=settings.CHAT_MAX_WS_MESSAGE_BYTES,
             allowed_origins=settings.CHAT_ALLOWED_ORIGINS,
             max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
             recent_count=settings.CHAT_RECENT_COUNT,
@@ -67,6 +74,8 @@ class ChatServer(MultiService):
             self.store,
             sessions,
             self.db_threads.run,
+            send_limiter,
+            jsonp=settings.CHAT_JSONP,
             max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
             recent_count=settings.CHAT_RECENT_COUNT,
             page_size=settings.CHAT_POLL_PAGE_SIZE,
@@ -79,6 +88,7 @@ class ChatServer(MultiService):
             self.longpoll,
             static_resource(),
             HealthResource(reactor, self.db_threads.run, self.stats),
+            max_body=settings.CHAT_MAX_REQUEST_BODY_BYTES,
         )
         self.listener = strports.service(f"tcp:{port}:interface={interface}", self.site)
         self.listener.setServiceParent(self)

@@ -4,8 +4,39 @@ from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource, WSGIRootResource
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 from twisted.web.wsgi import WSGIResource
+
+
+class ChatRequest(Request):
+    """A request whose body may not exceed a limit; a larger one is answered 413 unread.
+
+    twisted.web otherwise buffers any body whole (to a temporary file) before rendering.
+    """
+
+    max_body = 4 * 1024 * 1024
+
+    def gotLength(self, length: int | None) -> None:
+        self._body_size = 0
+        self._too_large = length is not None and length > self.max_body
+        super().gotLength(None if self._too_large else length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._body_size > self.max_body:
+            self._too_large = True
+        if not self._too_large:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if getattr(self, "_too_large", False):
+            self.setResponseCode(413)
+            self.setHeader(b"content-type", b"application/json")
+            self.setHeader(b"connection", b"close")
+            self.write(b'{"error":{"code":"too_large","message":"request body too large"}}')
+            self.finish()
+            return
+        super().process()
 
 
 def build_site(
@@ -15,6 +46,7 @@ def build_site(
     static: Resource,
     health: Resource,
     extra: dict[bytes, Resource] | None = None,
+    max_body: int = 4 * 1024 * 1024,
 ) -> Site:
     """Every path not claimed here (``/ws``, ``/poll``, ``/static``, ``/healthz``) goes to Django."""
     children: dict[bytes, Resource] = {
@@ -24,4 +56,6 @@ def build_site(
         b"healthz": health,
         **(extra or {}),
     }
-    return Site(WSGIRootResource(django, children))
+    site = Site(WSGIRootResource(django, children))
+    site.requestFactory = type("LimitedChatRequest", (ChatRequest,), {"max_body": max_body})
+    return site

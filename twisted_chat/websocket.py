@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from . import wire
 from .access import AccessLog
+from .limits import ConnectionLimiter, SendRateLimiter
 from .messages import Author, ChatMessage, deleted_event_json
 from .sessions import SessionCache, session_key_from_cookies
 from .store import MessageStore, StoreUnavailable, UnknownRoom
@@ -39,6 +40,7 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         self._initial: wire.Subscribe | wire.ProtocolError | None = None
         self._sends: Deferred[None] = succeed(None)
         self._open = False
+        self._held: list[tuple[ConnectionLimiter, Hashable]] = []
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -50,6 +52,14 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
 
     def _authenticated(self, author: Author | None) -> None:
         self.author = author
+        self._hold(self.factory.ip_connections, self.transport.getPeer().host, "address")
+        if author is not None:
+            self._hold(self.factory.user_connections, author.id, "user")
+
+    def _hold(self, limiter: ConnectionLimiter, key: Hashable, what: str) -> None:
+        if not limiter.acquire(key):
+            raise ConnectionDeny(429, f"too many open connections for this {what}")
+        self._held.append((limiter, key))
 
     def onOpen(self) -> None:
         self._open = True
@@ -61,6 +71,9 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
             self._subscribe(initial)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        held, self._held = self._held, []
+        for limiter, key in held:
+            limiter.release(key)
         if self._open:
             self._open = False
             self.factory.connection_closed(self, code)
@@ -153,6 +166,9 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         nonce = command.nonce or None
         if author is None:
             raise wire.ProtocolError("not_authenticated", "log in to post", nonce, 403)
+        wait = self.factory.send_limiter.retry_after(author.id)
+        if wait:
+            raise wire.rate_limited(wait, nonce)
         store = self.factory.store
         return store.open_room(command.room).addCallback(self._append, author, command)
 
@@ -209,7 +225,10 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         store: MessageStore,
         sessions: SessionCache,
         access_log: AccessLog,
+        send_limiter: SendRateLimiter,
         *,
+        max_connections_per_user: int = 20,
+        max_connections_per_ip: int = 200,
         allowed_origins: Sequence[str] = (),
         max_text_length: int = 4000,
         max_message_size: int = 64 * 1024,
@@ -221,6 +240,9 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         self.store = store
         self.sessions = sessions
         self.access_log = access_log
+        self.send_limiter = send_limiter
+        self.user_connections = ConnectionLimiter(max_connections_per_user)
+        self.ip_connections = ConnectionLimiter(max_connections_per_ip)
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self.max_text_length = max_text_length
         self.max_rooms = max_rooms

@@ -20,17 +20,27 @@ _NONCE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, nonce: str | None = None, status: int = 400):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        nonce: str | None = None,
+        status: int = 400,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.nonce = nonce
         self.status = status
+        self.retry_after = retry_after
 
     def as_ws_frame(self) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
         if self.nonce is not None:
             frame["nonce"] = self.nonce
+        if self.retry_after is not None:
+            frame["retry_after"] = self.retry_after
         return frame
 
     def as_http_body(self) -> dict[str, Any]:
@@ -53,6 +63,11 @@ class Send:
     room: int
     text: str
     nonce: str
+
+
+def rate_limited(retry_after: float, nonce: str | None = None) -> ProtocolError:
+    wait = round(retry_after, 2)
+    return ProtocolError("rate_limited", f"too many messages: retry in {wait}s", nonce, 429, wait)
 
 
 def parse_room(value: Any) -> int:
