@@ -1,23 +1,46 @@
+"""Server-rendered pages; the chat itself runs in the browser against /ws and /poll."""
+
+from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import ensure_csrf_cookie
 
 from .models import ChatRoom
 
 
-def room_list(request):
-    return render(request, "chat/room_list.html", {"rooms": ChatRoom.objects.all()})
+def visible_rooms(user) -> QuerySet[ChatRoom]:
+    """Public rooms, and the private ones the user is a member of."""
+    if not user.is_authenticated:
+        return ChatRoom.objects.filter(is_private=False)
+    return ChatRoom.objects.filter(Q(is_private=False) | Q(members=user)).distinct()
 
 
-def room(request, room_id: int):
-    return render(request, "chat/room.html", {"room": get_object_or_404(ChatRoom, pk=room_id), "transport": "websocket"})
+def room_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "chat/room_list.html", {"rooms": visible_rooms(request.user)})
 
 
-def long_poll_room(request, room_id: int):
-    return render(request, "chat/room.html", {"room": get_object_or_404(ChatRoom, pk=room_id), "transport": "longpoll"})
+def _room_page(request: HttpRequest, room_id: int, transport: str) -> HttpResponse:
+    room = get_object_or_404(ChatRoom, pk=room_id)
+    if not room.is_visible_to(request.user):
+        raise Http404("No such room.")
+    context = {"room": room, "transport": transport, "max_length": settings.CHAT_MAX_TEXT_LENGTH}
+    return render(request, "chat/room.html", context)
 
 
-def signup(request):
+@ensure_csrf_cookie
+def room(request: HttpRequest, room_id: int) -> HttpResponse:
+    return _room_page(request, room_id, "websocket")
+
+
+@ensure_csrf_cookie
+def long_poll_room(request: HttpRequest, room_id: int) -> HttpResponse:
+    return _room_page(request, room_id, "longpoll")
+
+
+def signup(request: HttpRequest) -> HttpResponse:
     form = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         login(request, form.save())

@@ -76,7 +76,7 @@ def test_anonymous_can_read_but_not_post(server):
         error = send(ws, "hi")
         assert error["type"] == "error" and error["code"] == "not_authenticated"
     anonymous = requests.Session()
-    anonymous.get(server.url + "/chats/", timeout=10)
+    anonymous.get(server.url + f"/chats/long_poll/{LOBBY}/", timeout=10)  # sets the CSRF cookie
     response = post_message(anonymous, server, LOBBY, "hi")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "not_authenticated"
