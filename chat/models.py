@@ -15,9 +15,7 @@ class ChatRoom(models.Model):
     is_private = models.BooleanField(
         default=False, help_text="Only members can read, post and see this room."
     )
-    members = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, blank=True, related_name="chat_rooms"
-    )
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="chat_rooms")
     created_at = models.DateTimeField(auto_now_add=True)
     # High-water mark of ids handed out, so that ids are never reused even after the
     # newest messages are deleted and the server restarts.

@@ -123,6 +123,18 @@ CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Behind a TLS-terminating proxy (which must set X-Forwarded-Proto): secure cookies, HSTS,
+# redirects. These are the only warnings `check --deploy` gives without it.
+if env_bool("DJANGO_HTTPS", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
+    # Whole-domain choices for the domain's owner (check --deploy W005, W021 until set).
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+
 # No inline script anywhere; styles allow inline because Django's admin uses style attributes.
 CHAT_CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -150,8 +162,8 @@ CHAT_RECENT_COUNT = 50
 # Most messages in one long-poll response.
 CHAT_POLL_PAGE_SIZE = 500
 # Long-poll hold time in seconds: default and ceiling.
-CHAT_POLL_TIMEOUT = 25
-CHAT_POLL_MAX_TIMEOUT = 60
+CHAT_POLL_TIMEOUT = float(os.environ.get("CHAT_POLL_TIMEOUT", "25"))
+CHAT_POLL_MAX_TIMEOUT = float(os.environ.get("CHAT_POLL_MAX_TIMEOUT", "60"))
 # Most messages written in one database transaction by the group commit.
 CHAT_MAX_BATCH = 500
 # Threads for Django pages and for the chat's database work.

@@ -26,7 +26,9 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "from django.contrib.auth.models import User\n"
         + "".join(f"User.objects.create_user({name!r}, password={PASSWORD!r})\n" for name in USERS[:-1])
         + f"User.objects.create_superuser('admin', password={PASSWORD!r})\n"
-        + "from chat.models import ChatRoom\nChatRoom.objects.create(name='Second')\n",
+        + "from chat.models import ChatRoom\nChatRoom.objects.create(name='Second')\n"
+        + "private = ChatRoom.objects.create(name='Private', is_private=True)\n"
+        + "private.members.add(User.objects.get(username='alice'))\n",
     )
     return path
 

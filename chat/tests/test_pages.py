@@ -40,7 +40,9 @@ def test_private_rooms_are_listed_only_for_members(client, alice, private_room):
     assert "Secret" in client.get(reverse("chat:room_list")).content.decode()
 
 
-@pytest.mark.parametrize(("name", "transport"), [("chat:room", "websocket"), ("chat:long_poll_room", "longpoll")])
+@pytest.mark.parametrize(
+    ("name", "transport"), [("chat:room", "websocket"), ("chat:long_poll_room", "longpoll")]
+)
 def test_room_pages_carry_what_the_client_needs(client, alice, name, transport):
     lobby = ChatRoom.objects.get(name="Lobby")
     client.force_login(alice)
