@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from django.core.exceptions import BadRequest, SuspiciousOperation
+from django.http.multipartparser import MultiPartParserError
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -71,8 +73,8 @@ class LongPollResource(Resource):
         self._max_body = max_text_length * 4 + 4096
         self._recent_count = recent_count
         self._page_size = page_size
-        self._default_timeout = default_timeout
         self._max_timeout = max_timeout
+        self._default_timeout = min(default_timeout, max_timeout)
         self._parked: dict[int, dict[Request, _Parked]] = {}
 
     @property
@@ -272,7 +274,14 @@ class LongPollResource(Resource):
 
 def _authenticate_and_read(environ: dict[str, Any]) -> tuple[Author | None, dict[str, Any]]:
     """In a database thread: Django's session and CSRF checks, then the posted fields."""
-    author, django_request = authenticate_form_post(environ)
+    try:
+        return _read_fields(*authenticate_form_post(environ))
+    except (MultiPartParserError, SuspiciousOperation, BadRequest) as error:
+        # Django's CSRF check parses the body first; a malformed one fails there.
+        raise wire.ProtocolError("bad_request", f"unreadable body: {error}") from None
+
+
+def _read_fields(author: Author | None, django_request: Any) -> tuple[Author | None, dict[str, Any]]:
     content_type = django_request.content_type
     if content_type == "application/json":
         try:

@@ -56,6 +56,10 @@ def build_site(
         b"healthz": health,
         **(extra or {}),
     }
-    site = Site(WSGIRootResource(django, children))
-    site.requestFactory = type("LimitedChatRequest", (ChatRequest,), {"max_body": max_body})
-    return site
+    # Django and the long-poll resource parse bodies themselves; twisted.web's own form
+    # parsing would read each body twice and answer a malformed one with a bare 400.
+    return Site(
+        WSGIRootResource(django, children),
+        requestFactory=type("LimitedChatRequest", (ChatRequest,), {"max_body": max_body}),
+        parsePOSTFormSubmission=False,
+    )
