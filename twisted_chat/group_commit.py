@@ -9,6 +9,7 @@ messages are published in the order their ids were given.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ class GroupCommitWriter:
         write: WriteBatch,
         on_written: Callable[[list[ChatMessage], list[Any] | Failure], None],
         max_batch: int = 500,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._reactor = reactor
         self._write = write
@@ -45,8 +47,11 @@ class GroupCommitWriter:
         self._writing = False
         self._scheduled = False
         self._idle_waiters: list[Deferred[None]] = []
+        self._clock = clock
+        self._batch_started = 0.0
         self.batches = 0
         self.last_batch_size = 0
+        self.last_commit_seconds = 0.0
 
     @property
     def pending(self) -> int:
@@ -79,11 +84,13 @@ class GroupCommitWriter:
         self._writing = True
         self.batches += 1
         self.last_batch_size = len(batch)
+        self._batch_started = self._clock()
         d = self._write(batch)
         d.addBoth(self._batch_done, batch)
 
     def _batch_done(self, result: list[Any] | Failure, batch: list[ChatMessage]) -> None:
         self._writing = False
+        self.last_commit_seconds = self._clock() - self._batch_started
         if isinstance(result, Failure):
             log.error("writing %d messages failed: %s", len(batch), result.getErrorMessage())
         try:

@@ -61,6 +61,7 @@ class LongPollResource(Resource):
         page_size: int = 500,
         default_timeout: float = 25,
         max_timeout: float = 60,
+        max_response_chars: int = 1024 * 1024,
     ):
         super().__init__()
         self._reactor = reactor
@@ -74,8 +75,10 @@ class LongPollResource(Resource):
         self._recent_count = recent_count
         self._page_size = page_size
         self._max_timeout = max_timeout
+        self._max_response_chars = max_response_chars
         self._default_timeout = min(default_timeout, max_timeout)
         self._parked: dict[int, dict[Request, _Parked]] = {}
+        self.delivered = 0
 
     @property
     def parked_count(self) -> int:
@@ -142,7 +145,17 @@ class LongPollResource(Resource):
         after = self._store.read_after(room_id, since, self._page_size)
         return after.addCallback(self._answer_or_park, request, room_id, since, timeout)
 
+    def _fit(self, messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
+        """Cut a page so that a response stays near the size bound (always one message)."""
+        size = 0
+        for index, message in enumerate(messages):
+            size += len(message.json) + 1
+            if size > self._max_response_chars and index > 0:
+                return messages[:index]
+        return messages
+
     def _answer_latest(self, messages: list[ChatMessage], request: Request, room_id: int) -> None:
+        messages = self._fit(messages)
         last = messages[-1].id if messages else self._store.last_id(room_id)
         _finish(request, _messages_body(room_id, last, messages))
 
@@ -150,7 +163,8 @@ class LongPollResource(Resource):
         self, messages: list[ChatMessage], request: Request, room_id: int, since: int, timeout: float
     ) -> Deferred[None] | None:
         if messages:
-            _finish(request, _messages_body(room_id, messages[-1].id, messages))
+            page = self._fit(messages)
+            _finish(request, _messages_body(room_id, page[-1].id, page))
             return None
         if self._store.last_id(room_id) > since:
             # Published while the read was in flight: read again rather than wait.
@@ -207,10 +221,11 @@ class LongPollResource(Resource):
             parked.timer.cancel()
             body = bodies.get(parked.since)
             if body is None:
-                fresh = [m for m in messages if m.id > parked.since][: self._page_size]
+                fresh = self._fit([m for m in messages if m.id > parked.since][: self._page_size])
                 body = _messages_body(room_id, fresh[-1].id if fresh else parked.since, fresh)
                 bodies[parked.since] = body
             _finish(parked.request, body)
+            self.delivered += len(messages)
 
     def message_removed(self, room_id: int, message_id: int) -> None:
         event = deleted_event_json(room_id, message_id)

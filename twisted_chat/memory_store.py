@@ -108,6 +108,7 @@ class InMemoryMessageStore:
         max_idle_rooms: int = 1000,
         max_batch: int = 500,
         clock: Callable[[], float] = time.time,
+        on_batch: Callable[[int, float, float], None] | None = None,
     ):
         self._run_query = run_query
         self._window = window
@@ -118,6 +119,7 @@ class InMemoryMessageStore:
         self._listeners: dict[int, set[RoomListener]] = {}
         self._acks: dict[tuple[int, int], tuple[_Room, list[Deferred[int]]]] = {}
         self._closed = False
+        self._on_batch = on_batch
         self.writer = GroupCommitWriter(
             reactor, lambda batch: run_write(archive.write_batch, batch), self._written, max_batch
         )
@@ -247,6 +249,9 @@ class InMemoryMessageStore:
         for room_id, messages in published.items():
             self.published += len(messages)
             self._notify(room_id, "messages_published", messages)
+        if self._on_batch is not None:
+            oldest = batch[0].ts / 1000
+            self._on_batch(len(batch), self.writer.last_commit_seconds, self._clock() - oldest)
         for waiters, reply in replies:
             for waiter in waiters:
                 if isinstance(reply, Exception):

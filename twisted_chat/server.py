@@ -2,7 +2,7 @@
 
 Started by chatserver.tac. Stopping it (SIGTERM, or the reactor shutting down) is graceful:
 stop accepting, tell WebSocket clients to come back (1001), answer parked polls, write
-every accepted message, then stop the threads.
+every accepted message, wait for the WebSockets to close, then stop the threads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .health import HealthResource
 from .limits import SendRateLimiter
 from .longpoll import LongPollResource
 from .memory_store import InMemoryMessageStore
+from .metrics import ChatMetrics, MetricsResource
 from .sessions import SessionCache
 from .site import build_site
 from .static import static_resource
@@ -40,9 +41,10 @@ class ChatServer(MultiService):
         self.wsgi_threads = ThreadPoolService(reactor, "django-wsgi", settings.CHAT_WSGI_THREADS)
         self.db_threads = ThreadPoolService(reactor, "chat-db", settings.CHAT_DB_THREADS)
         self.writer_threads = ThreadPoolService(reactor, "chat-writer", 1)
-        for pool in (self.wsgi_threads, self.db_threads, self.writer_threads):
+        for pool in self.thread_pools:
             pool.setServiceParent(self)
 
+        self.metrics = ChatMetrics()
         self.store = InMemoryMessageStore(
             reactor,
             self.db_threads.run,
@@ -50,6 +52,7 @@ class ChatServer(MultiService):
             window=settings.CHAT_HISTORY_WINDOW,
             max_idle_rooms=settings.CHAT_MAX_IDLE_ROOMS,
             max_batch=settings.CHAT_MAX_BATCH,
+            on_batch=self.metrics.batch_written,
         )
         django_signals.connect(reactor, self.store)
         sessions = SessionCache(self.db_threads.run, ttl=settings.CHAT_SESSION_RECHECK_SECONDS)
@@ -68,6 +71,9 @@ class ChatServer(MultiService):
             max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
             recent_count=settings.CHAT_RECENT_COUNT,
             page_size=settings.CHAT_POLL_PAGE_SIZE,
+            max_backlog=settings.CHAT_MAX_WS_BACKLOG_BYTES,
+            ping_interval=settings.CHAT_WS_PING_INTERVAL,
+            ping_timeout=settings.CHAT_WS_PING_TIMEOUT,
         )
         self.longpoll = LongPollResource(
             reactor,
@@ -81,6 +87,7 @@ class ChatServer(MultiService):
             page_size=settings.CHAT_POLL_PAGE_SIZE,
             default_timeout=settings.CHAT_POLL_TIMEOUT,
             max_timeout=settings.CHAT_POLL_MAX_TIMEOUT,
+            max_response_chars=settings.CHAT_MAX_POLL_RESPONSE_CHARS,
         )
         self.site = build_site(
             WSGIResource(reactor, self.wsgi_threads.pool, WSGIHandler()),
@@ -89,9 +96,15 @@ class ChatServer(MultiService):
             static_resource(),
             HealthResource(reactor, self.db_threads.run, self.stats),
             max_body=settings.CHAT_MAX_REQUEST_BODY_BYTES,
+            extra={b"metrics": MetricsResource(self.metrics)},
         )
+        self.metrics.watch(self)
         self.listener = strports.service(f"tcp:{port}:interface={interface}", self.site)
         self.listener.setServiceParent(self)
+
+    @property
+    def thread_pools(self) -> tuple[ThreadPoolService, ...]:
+        return (self.wsgi_threads, self.db_threads, self.writer_threads)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -104,10 +117,11 @@ class ChatServer(MultiService):
     def stopService(self) -> Deferred[None]:
         log.info("shutting down: closing connections and writing pending messages")
         yield self.listener.stopService()
-        for protocol in list(self.websockets.connections):
-            protocol.sendClose(1001, "server shutting down")
+        closed = self.websockets.going_away("server shutting down: reconnect and resume")
         self.longpoll.release_all()
         yield self.store.close()
+        # Clients answer the close at once; autobahn drops any that do not within 1 s.
+        yield closed.addTimeout(3, self.reactor).addErrback(lambda _: None)
         others = [s.stopService() for s in reversed(list(self)) if s is not self.listener and s.running]
         yield DeferredList([d for d in others if d is not None])
         self.running = 0

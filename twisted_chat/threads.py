@@ -46,6 +46,8 @@ class ThreadPoolService(Service):
         super().startService()
         self.pool.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.pool.stop()
+        # stop() joins the workers; a WSGI worker may be waiting on the reactor, so join
+        # from another thread rather than block the reactor.
+        return threads.deferToThread(self.pool.stop)

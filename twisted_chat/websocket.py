@@ -29,6 +29,10 @@ from .store import MessageStore, StoreUnavailable, UnknownRoom
 log = logging.getLogger(__name__)
 
 
+# Close code for a connection dropped because it stopped reading (docs/protocol.md).
+SLOW_CONSUMER_CLOSE_CODE = 4008
+
+
 class ChatWebSocketProtocol(WebSocketServerProtocol):
     factory: ChatWebSocketFactory
 
@@ -41,6 +45,8 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         self._sends: Deferred[None] = succeed(None)
         self._open = False
         self._held: list[tuple[ConnectionLimiter, Hashable]] = []
+        # True while the transport's send buffer is over its high-water mark.
+        self.paused = False
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -63,6 +69,10 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._open = True
+        # After the upgrade the HTTP channel is still the transport's producer; take its
+        # place, so that a full send buffer tells this connection to stop receiving.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
         self.factory.connection_opened(self)
         initial, self._initial = self._initial, None
         if isinstance(initial, wire.ProtocolError):
@@ -77,6 +87,33 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         if self._open:
             self._open = False
             self.factory.connection_closed(self, code)
+
+    # --- IPushProducer: the transport's send buffer --------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+    def queued_bytes(self) -> int:
+        """Bytes written to the TCP transport but not yet sent (FileDescriptor's buffers)."""
+        transport = self.transport
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+    def drop_slow_consumer(self) -> None:
+        """Past the backlog limit: stop delivering, say why, and cut the connection.
+
+        The client can reconnect and resume with ``since``; nothing is lost.
+        """
+        for room_id in list(self.rooms):
+            self.factory.leave(self, room_id)
+        self.rooms.clear()
+        self.sendClose(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: reconnect and resume with since")
+        self.dropConnection(abort=True)
 
     # --- frames from the client ---------------------------------------------------------
 
@@ -199,7 +236,8 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
     # --- frames to the client -----------------------------------------------------------
 
     def send_json(self, obj: dict[str, Any]) -> None:
-        if self._open:
+        # Replies that land after a close began (shutdown, slow consumer) have nowhere to go.
+        if self._open and self.state == WebSocketServerProtocol.STATE_OPEN:
             self.sendMessage(json.dumps(obj, separators=(",", ":")).encode())
 
     def send_error(self, error: wire.ProtocolError) -> None:
@@ -235,8 +273,15 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         max_rooms: int = 50,
         recent_count: int = 50,
         page_size: int = 500,
+        max_backlog: int = 1024 * 1024,
+        ping_interval: float = 20,
+        ping_timeout: float = 20,
     ):
         super().__init__()
+        self.max_backlog = max_backlog
+        self.delivered = 0
+        self.slow_consumers_dropped = 0
+        self._all_closed: list[Deferred[None]] = []
         self.store = store
         self.sessions = sessions
         self.access_log = access_log
@@ -260,6 +305,10 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=1,
             # Say why (1007 bad UTF-8, 1009 too big) instead of just dropping the socket.
             failByDrop=False,
+            # Heartbeats: a peer that stops answering pings is dropped, so half-open TCP
+            # connections do not pile up.
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
         )
 
     def check_origin(self, request: ConnectionRequest) -> None:
@@ -290,6 +339,29 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             self.leave(protocol, room_id)
         protocol.rooms.clear()
         self.access_log.websocket_closed(protocol, code)
+        if not self.connections:
+            waiters, self._all_closed = self._all_closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def going_away(self, reason: str) -> Deferred[None]:
+        """Close every connection with 1001 (going away); fires when all are gone.
+
+        autobahn's ``sendClose`` only lets applications send 1000 and 3000-4999, but 1001 is
+        the code RFC 6455 gives a server that is going down, and clients reconnect on it.
+        ``sendCloseFrame`` sends it with the same close handshake and timeout.
+        """
+        if not self.connections:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._all_closed.append(waiter)
+        for protocol in list(self.connections):
+            try:
+                protocol.sendCloseFrame(code=1001, reasonUtf8=reason.encode()[:123], isReply=False)
+            except Exception:
+                log.exception("closing %s failed", protocol.peer)
+                protocol.dropConnection(abort=True)
+        return waiter
 
     # --- room membership ----------------------------------------------------------------
 
@@ -326,6 +398,9 @@ class ChatWebSocketFactory(WebSocketServerFactory):
     # --- RoomListener -------------------------------------------------------------------
 
     def messages_published(self, room_id: int, messages: Sequence[ChatMessage]) -> None:
+        live_set = self._live.get(room_id)
+        if live_set:
+            self._drop_slow_consumers(live_set)
         live = tuple(self._live.get(room_id, ()))
         waiting = self._catching_up.get(room_id)
         for message in messages:
@@ -333,9 +408,23 @@ class ChatWebSocketFactory(WebSocketServerFactory):
                 prepared = self.prepareMessage(message.json.encode())
                 for protocol in live:
                     protocol.sendPreparedMessage(prepared)
+                self.delivered += len(live)
             if waiting:
                 for buffer in waiting.values():
                     buffer.append(message)
+
+    def _drop_slow_consumers(self, live: set[ChatWebSocketProtocol]) -> None:
+        """Drop connections still too far behind when the next batch arrives.
+
+        A batch is written to the transport in one reactor turn, so a healthy client may be
+        briefly behind by a whole batch; one that has not drained by the next is slow.
+        Memory per connection stays under the limit plus one batch plus the socket buffer.
+        """
+        slow = [p for p in live if p.paused and p.queued_bytes() > self.max_backlog]
+        for protocol in slow:
+            self.slow_consumers_dropped += 1
+            log.warning("dropping slow consumer %s (%d bytes behind)", protocol.peer, protocol.queued_bytes())
+            protocol.drop_slow_consumer()
 
     def message_removed(self, room_id: int, message_id: int) -> None:
         prepared = self.prepareMessage(deleted_event_json(room_id, message_id).encode())

@@ -1,0 +1,103 @@
+"""``/metrics`` in Prometheus text format.
+
+The hot paths only bump plain integers; this collector reads them (and the live counts of
+connections, subscriptions, parked polls and queued thread jobs) when scraped. Only the
+histograms are observed as things happen, once per database batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+
+class ChatMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.batch_size = Histogram(
+            "chat_db_batch_size",
+            "Messages written per group-commit transaction.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "chat_db_commit_seconds",
+            "Time to write one group-commit batch.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=self.registry,
+        )
+        self.fanout_latency_seconds = Histogram(
+            "chat_fanout_latency_seconds",
+            "From a message's acceptance to its fan-out to every listener (includes the commit).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=self.registry,
+        )
+
+    def watch(self, server: Any) -> None:
+        self.registry.register(_ServerCollector(server))
+
+    def batch_written(self, size: int, commit_seconds: float, fanout_seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.commit_seconds.observe(commit_seconds)
+        self.fanout_latency_seconds.observe(fanout_seconds)
+
+
+class _ServerCollector(Collector):
+    def __init__(self, server: Any):
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        ws, poll, store = server.websockets, server.longpoll, server.store
+        yield _gauge("chat_websocket_connections", "Open WebSocket connections.", len(ws.connections))
+        yield _gauge(
+            "chat_websocket_subscriptions", "Room subscriptions over WebSocket.", ws.subscriber_count()
+        )
+        yield _gauge("chat_longpoll_parked", "Long-poll requests waiting for a message.", poll.parked_count)
+        yield _counter("chat_messages_accepted", "Messages accepted for writing.", store.accepted)
+        yield _counter("chat_messages_published", "Messages written and fanned out.", store.published)
+        deliveries = CounterMetricFamily(
+            "chat_deliveries", "Messages delivered to one client.", labels=["transport"]
+        )
+        deliveries.add_metric(["websocket"], ws.delivered)
+        deliveries.add_metric(["longpoll"], poll.delivered)
+        yield deliveries
+        yield _counter(
+            "chat_slow_consumer_disconnects",
+            "WebSockets dropped for falling too far behind.",
+            ws.slow_consumers_dropped,
+        )
+        yield _gauge("chat_db_pending_writes", "Messages waiting for the next batch.", store.writer.pending)
+        queue = GaugeMetricFamily(
+            "chat_threadpool_queue_depth", "Jobs waiting for a thread.", labels=["pool"]
+        )
+        for pool in server.thread_pools:
+            queue.add_metric([pool.name], pool.queue_depth)
+        yield queue
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: ChatMetrics):
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self._metrics.registry)
