@@ -194,3 +194,5 @@ CHAT_MAX_POLL_RESPONSE_CHARS = int(os.environ.get("CHAT_MAX_POLL_RESPONSE_CHARS"
 # Heartbeats: ping every interval; drop a peer that does not answer within the timeout.
 CHAT_WS_PING_INTERVAL = float(os.environ.get("CHAT_WS_PING_INTERVAL", "20"))
 CHAT_WS_PING_TIMEOUT = float(os.environ.get("CHAT_WS_PING_TIMEOUT", "20"))
+# Seconds a thread may hold the GIL before another gets it (Python's default is 0.005).
+CHAT_GIL_SWITCH_INTERVAL = float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.0005"))

@@ -94,10 +94,10 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Stored | Duplicate | Un
         outcomes: list[Stored | Duplicate | UnknownRoom] = [
             STORED if m.room in alive else UnknownRoom(m.room) for m in messages
         ]
-        rows = [_to_row(m) for m, o in zip(messages, outcomes, strict=True) if o is STORED]
+        rows = [_to_params(m) for m, o in zip(messages, outcomes, strict=True) if o is STORED]
         try:
-            with transaction.atomic():
-                Message.objects.bulk_create(rows)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.executemany(_INSERT, rows)
         except IntegrityError:
             # A nonce seen before this process remembered it: write one by one to find it.
             for index, message in enumerate(messages):
@@ -126,6 +126,18 @@ def _write_one(message: ChatMessage) -> Stored | Duplicate:
         if existing is None or not message.nonce:
             raise
         return Duplicate(existing)
+
+
+# One parameterised INSERT for the whole batch: the ORM's bulk_create spends far more
+# Python per row, and this thread holds the GIL the reactor needs while it does.
+_INSERT = (
+    f"INSERT INTO {connection.ops.quote_name(Message._meta.db_table)} "
+    "(room_id, seq, ts, username, text, user_id, nonce) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def _to_params(message: ChatMessage) -> tuple[object, ...]:
+    return (message.room, message.id, message.ts, message.user, message.text, message.user_id, message.nonce)
 
 
 def _to_row(message: ChatMessage) -> Message:

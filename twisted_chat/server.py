@@ -8,6 +8,7 @@ every accepted message, wait for the WebSockets to close, then stop the threads.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 class ChatServer(MultiService):
     def __init__(self, reactor: Any, port: int, interface: str = "127.0.0.1"):
         super().__init__()
+        # The reactor gives up the GIL at every syscall; with Django or the ORM busy in
+        # other threads, getting it back waits up to the switch interval (5 ms by default),
+        # which stalls every connection. A shorter interval bounds that wait.
+        sys.setswitchinterval(settings.CHAT_GIL_SWITCH_INTERVAL)
         self.reactor = reactor
         self.wsgi_threads = ThreadPoolService(reactor, "django-wsgi", settings.CHAT_WSGI_THREADS)
         self.db_threads = ThreadPoolService(reactor, "chat-db", settings.CHAT_DB_THREADS)

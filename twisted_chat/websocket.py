@@ -118,6 +118,14 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
     # --- frames from the client ---------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            self._handle_frame(payload, isBinary)
+        except Exception:
+            # A bug must not cost the client its connection, nor anyone else theirs.
+            log.exception("handling a WebSocket frame failed")
+            self.send_error(wire.ProtocolError("internal_error", "the server failed", status=500))
+
+    def _handle_frame(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             self.send_error(wire.ProtocolError("bad_request", "binary frames are not supported"))
             return

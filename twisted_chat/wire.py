@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,8 @@ MAX_ID = 2**53 - 1
 MAX_NONCE_LENGTH = 64
 
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# Unicode category Cc (C0 and C1 controls) except tab and newline, and Cs (surrogates).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class ProtocolError(Exception):
@@ -117,7 +118,7 @@ def clean_text(value: Any, max_length: int, nonce: str | None = None) -> str:
         raise ProtocolError("bad_request", "'text' must be a string", nonce)
     if len(value) > max_length * 4:
         raise ProtocolError("too_large", f"'text' is over {max_length} characters", nonce, 413)
-    text = "".join(ch for ch in value if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cs")).strip()
+    text = _CONTROL.sub("", value).strip()
     if not text:
         raise ProtocolError("bad_request", "'text' is empty", nonce)
     if len(text) > max_length:
