@@ -189,14 +189,16 @@ async def open_subscribers(
     return subscribers
 
 
-async def long_poller(target: Target, tally: Tally, stop: asyncio.Event, since: int = 0) -> None:
+async def long_poller(
+    target: Target, tally: Tally, stop: asyncio.Event, since: int = 0, hold: int = 20
+) -> None:
     """One keep-alive HTTP client polling /poll until ``stop`` is set."""
     reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
     state: dict[str, Any] = {"seen": bytearray(), "last": -1}
     try:
         while not stop.is_set():
             writer.write(
-                f"GET /poll?room=1&since={since}&timeout=20 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+                f"GET /poll?room=1&since={since}&timeout={hold} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
             )
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))

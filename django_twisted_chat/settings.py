@@ -167,7 +167,7 @@ CHAT_POLL_MAX_TIMEOUT = float(os.environ.get("CHAT_POLL_MAX_TIMEOUT", "60"))
 # Most messages written in one database transaction by the group commit.
 CHAT_MAX_BATCH = 500
 # Threads for Django pages and for the chat's database work.
-CHAT_WSGI_THREADS = int(os.environ.get("CHAT_WSGI_THREADS", "10"))
+CHAT_WSGI_THREADS = int(os.environ.get("CHAT_WSGI_THREADS", "4"))
 CHAT_DB_THREADS = int(os.environ.get("CHAT_DB_THREADS", "4"))
 # Redis pub/sub and history backend; empty means the in-memory store.
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")

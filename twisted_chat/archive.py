@@ -114,8 +114,8 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Stored | Duplicate | Un
 
 def _write_one(message: ChatMessage) -> Stored | Duplicate:
     try:
-        with transaction.atomic():
-            _to_row(message).save(force_insert=True)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_INSERT, _to_params(message))
         return STORED
     except IntegrityError:
         existing = (
@@ -138,18 +138,6 @@ _INSERT = (
 
 def _to_params(message: ChatMessage) -> tuple[object, ...]:
     return (message.room, message.id, message.ts, message.user, message.text, message.user_id, message.nonce)
-
-
-def _to_row(message: ChatMessage) -> Message:
-    return Message(
-        room_id=message.room,
-        seq=message.id,
-        ts=message.ts,
-        username=message.user,
-        text=message.text,
-        user_id=message.user_id,
-        nonce=message.nonce,
-    )
 
 
 def ping() -> None:
