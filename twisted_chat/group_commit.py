@@ -50,7 +50,6 @@ class GroupCommitWriter:
         self._clock = clock
         self._batch_started = 0.0
         self.batches = 0
-        self.last_batch_size = 0
         self.last_commit_seconds = 0.0
 
     @property
@@ -83,7 +82,6 @@ class GroupCommitWriter:
         del self._queue[: self._max_batch]
         self._writing = True
         self.batches += 1
-        self.last_batch_size = len(batch)
         self._batch_started = self._clock()
         d = self._write(batch)
         d.addBoth(self._batch_done, batch)
