@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from . import wire
 from .access import AccessLog
+from .eager_write import queued_bytes, write_now
 from .limits import ConnectionLimiter, SendRateLimiter
 from .messages import Author, ChatMessage, deleted_event_json
 from .sessions import SessionCache, session_key_from_cookies
@@ -45,8 +46,6 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         self._sends: Deferred[None] = succeed(None)
         self._open = False
         self._held: list[tuple[ConnectionLimiter, Hashable]] = []
-        # True while the transport's send buffer is over its high-water mark.
-        self.paused = False
 
     # --- handshake ----------------------------------------------------------------------
 
@@ -91,18 +90,16 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
     # --- IPushProducer: the transport's send buffer --------------------------------------
 
     def pauseProducing(self) -> None:
-        self.paused = True
+        self.factory.paused.add(self)
 
     def resumeProducing(self) -> None:
-        self.paused = False
+        self.factory.paused.discard(self)
 
     def stopProducing(self) -> None:
-        self.paused = False
+        self.factory.paused.discard(self)
 
     def queued_bytes(self) -> int:
-        """Bytes written to the TCP transport but not yet sent (FileDescriptor's buffers)."""
-        transport = self.transport
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        return queued_bytes(self.transport)
 
     def drop_slow_consumer(self) -> None:
         """Past the backlog limit: stop delivering, say why, and cut the connection.
@@ -183,14 +180,14 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
             return None
         for message in messages:
             if message.id > cursor:
-                self.sendMessage(message.json.encode())
+                self.send_frame(self.factory.text_frame(message.json))
                 cursor = message.id
         if paged and len(messages) >= self.factory.page_size:
             more = self.factory.store.read_after(room_id, cursor, self.factory.page_size)
             return more.addCallback(self._catch_up, room_id, cursor, True)
         for message in self.factory.end_catch_up(self, room_id):
             if message.id > cursor:
-                self.sendMessage(message.json.encode())
+                self.send_frame(self.factory.text_frame(message.json))
                 cursor = message.id
         return None
 
@@ -243,12 +240,18 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
 
     # --- frames to the client -----------------------------------------------------------
 
+    def send_frame(self, frame: bytes) -> None:
+        """Write one ready-made frame, unless a close has begun (shutdown, slow consumer, client).
+
+        autobahn's sendMessage and sendPreparedMessage go through sendData, which formats
+        three debug-log arguments (with click colours when click is installed) on every
+        call; for a frame that is already built, only the write is needed.
+        """
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            write_now(self.transport, frame)
+
     def send_json(self, obj: dict[str, Any]) -> None:
-        # Replies that land after a close began (shutdown, slow consumer) have nowhere to go.
-        if self._open and self.state == WebSocketServerProtocol.STATE_OPEN:
-            # One-step framing: autobahn's sendMessage path costs several times more.
-            payload = json.dumps(obj, separators=(",", ":")).encode()
-            self.sendPreparedMessage(self.factory.prepareMessage(payload))
+        self.send_frame(self.factory.text_frame(json.dumps(obj, separators=(",", ":"))))
 
     def send_error(self, error: wire.ProtocolError) -> None:
         self.send_json(error.as_ws_frame())
@@ -304,6 +307,8 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         self.recent_count = recent_count
         self.page_size = page_size
         self.connections: set[ChatWebSocketProtocol] = set()
+        # Connections whose send buffer is over its high-water mark (they paused us).
+        self.paused: set[ChatWebSocketProtocol] = set()
         self._live: dict[int, set[ChatWebSocketProtocol]] = {}
         self._catching_up: dict[int, dict[ChatWebSocketProtocol, list[ChatMessage]]] = {}
         # autobahn allows any size and any origin unless told otherwise; origins are checked
@@ -320,6 +325,10 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
         )
+
+    def text_frame(self, text: str) -> bytes:
+        """A server text frame. No extension (compression) is ever accepted, so frames are plain."""
+        return self.prepareMessage(text.encode()).payloadHybi
 
     def check_origin(self, request: ConnectionRequest) -> None:
         """Refuse cross-site handshakes: a browser always sends Origin, and the cookie rides along."""
@@ -345,6 +354,7 @@ class ChatWebSocketFactory(WebSocketServerFactory):
 
     def connection_closed(self, protocol: ChatWebSocketProtocol, code: int | None) -> None:
         self.connections.discard(protocol)
+        self.paused.discard(protocol)
         for room_id in protocol.rooms:
             self.leave(protocol, room_id)
         protocol.rooms.clear()
@@ -408,35 +418,35 @@ class ChatWebSocketFactory(WebSocketServerFactory):
     # --- RoomListener -------------------------------------------------------------------
 
     def messages_published(self, room_id: int, messages: Sequence[ChatMessage]) -> None:
-        live_set = self._live.get(room_id)
-        if live_set:
-            self._drop_slow_consumers(live_set)
+        if self.paused:
+            self._drop_slow_consumers()
         live = tuple(self._live.get(room_id, ()))
         waiting = self._catching_up.get(room_id)
         for message in messages:
             if live:
-                prepared = self.prepareMessage(message.json.encode())
+                frame = self.text_frame(message.json)
                 for protocol in live:
-                    protocol.sendPreparedMessage(prepared)
+                    protocol.send_frame(frame)
                 self.delivered += len(live)
             if waiting:
                 for buffer in waiting.values():
                     buffer.append(message)
 
-    def _drop_slow_consumers(self, live: set[ChatWebSocketProtocol]) -> None:
+    def _drop_slow_consumers(self) -> None:
         """Drop connections still too far behind when the next batch arrives.
 
         A batch is written to the transport in one reactor turn, so a healthy client may be
         briefly behind by a whole batch; one that has not drained by the next is slow.
         Memory per connection stays under the limit plus one batch plus the socket buffer.
         """
-        slow = [p for p in live if p.paused and p.queued_bytes() > self.max_backlog]
+        slow = [p for p in self.paused if p.queued_bytes() > self.max_backlog]
         for protocol in slow:
+            self.paused.discard(protocol)
             self.slow_consumers_dropped += 1
             log.warning("dropping slow consumer %s (%d bytes behind)", protocol.peer, protocol.queued_bytes())
             protocol.drop_slow_consumer()
 
     def message_removed(self, room_id: int, message_id: int) -> None:
-        prepared = self.prepareMessage(deleted_event_json(room_id, message_id).encode())
+        frame = self.text_frame(deleted_event_json(room_id, message_id))
         for protocol in (*self._live.get(room_id, ()), *self._catching_up.get(room_id, {})):
-            protocol.sendPreparedMessage(prepared)
+            protocol.send_frame(frame)
