@@ -87,16 +87,20 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Stored | Duplicate | Un
 
     The rooms are locked first, so a room deleted meanwhile is seen here rather than
     failing the whole batch on a foreign key, and the high-water marks move with the rows.
+    Every statement is plain parameterised SQL: this runs once per commit, and building
+    ORM querysets cost more than the commit itself, on a thread that holds the GIL the
+    reactor needs.
     """
-    with transaction.atomic():
-        room_ids = {m.room for m in messages}
-        alive = set(ChatRoom.objects.select_for_update().filter(pk__in=room_ids).values_list("pk", flat=True))
+    room_ids = sorted({m.room for m in messages})
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_lock_rooms_sql(len(room_ids)), room_ids)
+        alive = {row[0] for row in cursor.fetchall()}
         outcomes: list[Stored | Duplicate | UnknownRoom] = [
             STORED if m.room in alive else UnknownRoom(m.room) for m in messages
         ]
         rows = [_to_params(m) for m, o in zip(messages, outcomes, strict=True) if o is STORED]
         try:
-            with transaction.atomic(), connection.cursor() as cursor:
+            with transaction.atomic():
                 cursor.executemany(_INSERT, rows)
         except IntegrityError:
             # A nonce seen before this process remembered it: write one by one to find it.
@@ -107,8 +111,7 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Stored | Duplicate | Un
         for message, outcome in zip(messages, outcomes, strict=True):
             if outcome is STORED:
                 high_water[message.room] = max(high_water.get(message.room, 0), message.id)
-        for room_id, seq in high_water.items():
-            ChatRoom.objects.filter(pk=room_id, last_message_id__lt=seq).update(last_message_id=seq)
+        cursor.executemany(_RAISE_HIGH_WATER, [(seq, room, seq) for room, seq in high_water.items()])
     return outcomes
 
 
@@ -128,12 +131,20 @@ def _write_one(message: ChatMessage) -> Stored | Duplicate:
         return Duplicate(existing)
 
 
+_ROOMS = connection.ops.quote_name(ChatRoom._meta.db_table)
 # One parameterised INSERT for the whole batch: the ORM's bulk_create spends far more
-# Python per row, and this thread holds the GIL the reactor needs while it does.
+# Python per row.
 _INSERT = (
     f"INSERT INTO {connection.ops.quote_name(Message._meta.db_table)} "
     "(room_id, seq, ts, username, text, user_id, nonce) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
+_RAISE_HIGH_WATER = f"UPDATE {_ROOMS} SET last_message_id = %s WHERE id = %s AND last_message_id < %s"
+
+
+def _lock_rooms_sql(count: int) -> str:
+    sql = f"SELECT id FROM {_ROOMS} WHERE id IN ({', '.join(['%s'] * count)})"
+    # PostgreSQL locks the rows; SQLite's IMMEDIATE transaction already holds the write lock.
+    return sql + " FOR UPDATE" if connection.features.has_select_for_update else sql
 
 
 def _to_params(message: ChatMessage) -> tuple[object, ...]:
