@@ -166,8 +166,10 @@ CHAT_POLL_TIMEOUT = float(os.environ.get("CHAT_POLL_TIMEOUT", "25"))
 CHAT_POLL_MAX_TIMEOUT = float(os.environ.get("CHAT_POLL_MAX_TIMEOUT", "60"))
 # Most messages written in one database transaction by the group commit.
 CHAT_MAX_BATCH = 500
-# Threads for Django pages and for the chat's database work.
-CHAT_WSGI_THREADS = int(os.environ.get("CHAT_WSGI_THREADS", "4"))
+# Threads for Django pages and for the chat's database work. Pages are Python under the
+# GIL, so more page threads add no throughput, only more threads taking the GIL from the
+# reactor (bench/README.md); two leave one free while a slow view runs.
+CHAT_WSGI_THREADS = int(os.environ.get("CHAT_WSGI_THREADS", "2"))
 CHAT_DB_THREADS = int(os.environ.get("CHAT_DB_THREADS", "4"))
 # Redis pub/sub and history backend; empty means the in-memory store.
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")
@@ -195,4 +197,4 @@ CHAT_MAX_POLL_RESPONSE_CHARS = int(os.environ.get("CHAT_MAX_POLL_RESPONSE_CHARS"
 CHAT_WS_PING_INTERVAL = float(os.environ.get("CHAT_WS_PING_INTERVAL", "20"))
 CHAT_WS_PING_TIMEOUT = float(os.environ.get("CHAT_WS_PING_TIMEOUT", "20"))
 # Seconds a thread may hold the GIL before another gets it (Python's default is 0.005).
-CHAT_GIL_SWITCH_INTERVAL = float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.0005"))
+CHAT_GIL_SWITCH_INTERVAL = float(os.environ.get("CHAT_GIL_SWITCH_INTERVAL", "0.0001"))
