@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import gc
 import json
 import multiprocessing
 import os
@@ -169,13 +171,32 @@ async def wait_until(predicate, timeout: float) -> bool:
 
 
 async def wait_subscribed(server: Server, count: int) -> None:
+    """Exactly ``count``: the previous scenario's aborted clients must be gone too, or the
+    burst would start while the server is still closing them."""
     if server.kind == "ours":
-        await wait_until(lambda: server.health()["subscriptions"] >= count, 60)
+        await wait_until(lambda: server.health()["subscriptions"] == count, 60)
 
 
 # --- scenarios ------------------------------------------------------------------------------
 
 
+def scenario(fn):
+    """Each scenario starts from a clean heap, and the generator never collects during one.
+
+    The generator keeps every latency sample and thousands of client objects; a full
+    collection in the middle of a burst would stall its event loop and show up as server
+    latency. ``main`` turns automatic collection off.
+    """
+
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        gc.collect()
+        return await fn(*args, **kwargs)
+
+    return run
+
+
+@scenario
 async def broadcast(server: Server, subscribers: int, messages: int, rate: float) -> dict[str, Any]:
     """N subscribers, one sender at ``rate``: delivery, latency, server CPU per delivery."""
     tally = Tally(expected_per_client=messages)
@@ -210,6 +231,7 @@ async def broadcast(server: Server, subscribers: int, messages: int, rate: float
     }
 
 
+@scenario
 async def idle_memory(server: Server, connections: int) -> dict[str, Any]:
     before = server.rss()
     tally = Tally()
@@ -232,6 +254,7 @@ async def idle_memory(server: Server, connections: int) -> dict[str, Any]:
     }
 
 
+@scenario
 async def parked_polls(server: Server, clients: int) -> dict[str, Any]:
     """``clients`` long-polls parked in one room; one message answers all of them."""
     tally = Tally(expected_per_client=1)
@@ -251,6 +274,7 @@ async def parked_polls(server: Server, clients: int) -> dict[str, Any]:
     }
 
 
+@scenario
 async def mixed_room(
     server: Server, ws_clients: int, poll_clients: int, rate: float, seconds: float
 ) -> dict[str, Any]:
@@ -290,6 +314,7 @@ async def mixed_room(
     }
 
 
+@scenario
 async def many_senders(server: Server, senders: int, per_sender: int, rate: float) -> dict[str, Any]:
     started = time.perf_counter()
     acks = await asyncio.gather(
@@ -380,6 +405,7 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.environ["PYTHONPATH"] = str(ROOT)
+    gc.disable()
 
     run: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
