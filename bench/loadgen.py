@@ -77,6 +77,12 @@ class Tally:
     first_ns: int = 0
     last_ns: int = 0
 
+    def restart(self) -> None:
+        """Forget deliveries so far (a warm-up); duplicates and disorder still count."""
+        self.received = 0
+        self.latencies_ns = []
+        self.first_ns = self.last_ns = 0
+
     def record(self, state: dict[str, Any], seq: int, sent_ns: int, now_ns: int) -> None:
         seen: bytearray = state["seen"]
         if seq >= len(seen):

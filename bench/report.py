@@ -86,20 +86,29 @@ def _plot(run: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (latency, throughput, cpu) = plt.subplots(1, 3, figsize=(15, 4.5))
-    for kind, result in run["servers"].items():
+    # One colour per server in every panel; p50 dotted, p99 solid.
+    for index, (kind, result) in enumerate(run["servers"].items()):
         subs = [b["subscribers"] for b in result["broadcast"]]
         label = NAMES.get(kind, kind)
+        color = f"C{index}"
         for key, style in (("p50", ":"), ("p99", "-")):
             latency.plot(
                 subs,
                 [b["latency_ms"][key] for b in result["broadcast"]],
                 style,
+                color=color,
                 marker="o",
                 label=f"{label} {key}",
             )
-        throughput.plot(subs, [b["deliveries_per_s"] for b in result["broadcast"]], marker="o", label=label)
+        throughput.plot(
+            subs, [b["deliveries_per_s"] for b in result["broadcast"]], color=color, marker="o", label=label
+        )
         cpu.plot(
-            subs, [b["server_cpu_us_per_delivery"] for b in result["broadcast"]], marker="o", label=label
+            subs,
+            [b["server_cpu_us_per_delivery"] for b in result["broadcast"]],
+            color=color,
+            marker="o",
+            label=label,
         )
     latency.set(title="send → receive latency", xlabel="subscribers", ylabel="ms", xscale="log", yscale="log")
     throughput.set(title="deliveries per second", xlabel="subscribers", xscale="log")
