@@ -57,6 +57,13 @@ def test_websocket_send_is_acked_and_delivered_to_others(server):
         assert abs(message["ts"] - time.time() * 1000) < 10_000
 
 
+def test_compression_is_declined_so_every_client_gets_the_same_frame_bytes(server):
+    with ws_connect(server) as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        subscribe(ws)
+
+
 def test_author_is_the_session_user_not_a_name_the_client_sends(server):
     alice = login(server, "alice")
     with ws_connect(server, alice) as ws:

@@ -324,10 +324,13 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             # connections do not pile up.
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
+            # Frames are built once and written as they are (text_frame), so no extension
+            # that rewrites frames, such as permessage-deflate, may be negotiated.
+            perMessageCompressionAccept=lambda _offers: None,
         )
 
     def text_frame(self, text: str) -> bytes:
-        """A server text frame. No extension (compression) is ever accepted, so frames are plain."""
+        """A server text frame, the same bytes for every connection (no extensions are accepted)."""
         return self.prepareMessage(text.encode()).payloadHybi
 
     def check_origin(self, request: ConnectionRequest) -> None:
