@@ -9,6 +9,11 @@ from django.db import models
 from django.urls import reverse
 
 
+def room_readable(is_private: bool, is_member: bool) -> bool:
+    """Who may read (and so see, and post in) a room: the one rule for pages and chat."""
+    return not is_private or is_member
+
+
 class ChatRoom(models.Model):
     name = models.CharField(max_length=100, unique=True)
     description = models.CharField(max_length=300, blank=True)
@@ -33,7 +38,8 @@ class ChatRoom(models.Model):
     def is_visible_to(self, user) -> bool:
         if not self.is_private:
             return True
-        return bool(user and user.is_authenticated) and self.members.filter(pk=user.pk).exists()
+        is_member = bool(user and user.is_authenticated) and self.members.filter(pk=user.pk).exists()
+        return room_readable(self.is_private, is_member)
 
 
 class Message(models.Model):

@@ -18,21 +18,32 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from twisted_chat import wire
+from twisted_chat.errors import CODES
 
 from .server import ChatServerProcess, login, poll, post_message, recv_json, ws_connect
 
+# The codes docs/protocol.md lists; the server may use no other.
 ERROR_CODES = {
     "bad_request",
+    "session_ended",
     "unknown_room",
     "not_authenticated",
-    "forbidden",
     "too_large",
+    "unsupported_media_type",
     "too_many_rooms",
+    "too_many_connections",
     "rate_limited",
+    "internal_error",
     "unavailable",
     "csrf_failed",
     "method_not_allowed",
 }
+
+
+def test_every_error_code_the_server_has_is_documented():
+    assert set(CODES) == ERROR_CODES
+
+
 SERVER_FRAME_TYPES = {"message", "subscribed", "unsubscribed", "ack", "error", "deleted"}
 
 json_values = st.recursive(

@@ -1,26 +1,40 @@
-"""Tell the store what Django changed behind its back (admin deletes and edits).
+"""Tell the room core what Django changed behind its back, so open connections follow at once.
 
-Signals fire in whichever thread ran the ORM call (a WSGI thread for the admin); the store
-lives on the reactor thread, so every notice crosses with ``callFromThread``.
+- an admin deleted a message: it leaves history, and the room is told;
+- a room was edited or deleted, or its members changed: the directory forgets it, and the
+  hub re-checks every client in it;
+- a browser logged out or in: its open connections are ended, to come back with the new
+  cookie (found by the session key, and by the CSRF cookie for a browser with no session);
+- a user was edited (deactivated, password changed) or deleted, or a session was deleted:
+  the clients of that user or session are checked again.
+
+Signals fire in whichever thread ran the ORM call (a WSGI thread for the admin and the
+login pages); the hub lives on the reactor thread, so every notice crosses with
+``callFromThread``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.contrib.sessions.models import Session
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from chat.models import ChatRoom, Message
 
-from .store import MessageStore
+from .hub import RoomHub
+from .storage.interfaces import RoomDirectory
 
 
-def connect(reactor: Any, store: MessageStore) -> None:
+def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
     def message_deleted(sender: Any, instance: Message, **kwargs: Any) -> None:
-        reactor.callFromThread(store.remove, instance.room_id, instance.seq)
+        reactor.callFromThread(hub.message_deleted, instance.room_id, instance.seq)
 
     def room_changed(sender: Any, instance: ChatRoom, **kwargs: Any) -> None:
-        reactor.callFromThread(store.room_changed, instance.pk)
+        reactor.callFromThread(directory.room_changed, instance.pk)
 
     def members_changed(
         sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
@@ -37,11 +51,31 @@ def connect(reactor: Any, store: MessageStore) -> None:
         else:
             return
         for room_id in rooms:
-            reactor.callFromThread(store.room_changed, room_id)
+            reactor.callFromThread(directory.room_changed, room_id)
 
-    post_delete.connect(message_deleted, sender=Message, weak=False, dispatch_uid="chat-store-message")
-    post_save.connect(room_changed, sender=ChatRoom, weak=False, dispatch_uid="chat-store-room-save")
-    post_delete.connect(room_changed, sender=ChatRoom, weak=False, dispatch_uid="chat-store-room-delete")
+    def browser_changed(sender: Any, request: Any, **kwargs: Any) -> None:
+        # The cookies the browser came with: the session and CSRF token it had before.
+        session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+        browser_key = request.COOKIES.get(settings.CSRF_COOKIE_NAME)
+        reactor.callFromThread(hub.session_ended, session_key, browser_key)
+
+    def user_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+        if update_fields is not None and set(update_fields) <= {"last_login"}:
+            return  # every login saves this; the login itself is handled above
+        reactor.callFromThread(hub.user_changed, instance.pk)
+
+    def session_deleted(sender: Any, instance: Session, **kwargs: Any) -> None:
+        reactor.callFromThread(hub.session_ended, instance.session_key, None)
+
+    user_model = get_user_model()
+    post_delete.connect(message_deleted, sender=Message, weak=False, dispatch_uid="chat-hub-message")
+    post_save.connect(room_changed, sender=ChatRoom, weak=False, dispatch_uid="chat-hub-room-save")
+    post_delete.connect(room_changed, sender=ChatRoom, weak=False, dispatch_uid="chat-hub-room-delete")
     m2m_changed.connect(
-        members_changed, sender=ChatRoom.members.through, weak=False, dispatch_uid="chat-store-members"
+        members_changed, sender=ChatRoom.members.through, weak=False, dispatch_uid="chat-hub-members"
     )
+    user_logged_out.connect(browser_changed, weak=False, dispatch_uid="chat-hub-logout")
+    user_logged_in.connect(browser_changed, weak=False, dispatch_uid="chat-hub-login")
+    post_save.connect(user_changed, sender=user_model, weak=False, dispatch_uid="chat-hub-user-save")
+    post_delete.connect(user_changed, sender=user_model, weak=False, dispatch_uid="chat-hub-user-delete")
+    post_delete.connect(session_deleted, sender=Session, weak=False, dispatch_uid="chat-hub-session")

@@ -12,8 +12,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from . import archive
+from .storage import archive
 from .http_json import json_body
+from .site import can_answer
 
 
 class HealthResource(Resource):
@@ -43,6 +44,6 @@ class HealthResource(Resource):
 
 
 def _respond(request: Request, body: bytes) -> None:
-    if not request.finished and not getattr(request, "_disconnected", False):
+    if can_answer(request):
         request.write(body)
         request.finish()

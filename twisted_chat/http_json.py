@@ -7,6 +7,8 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from .errors import ProtocolError
+
 
 def json_body(request: Request, obj: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
@@ -16,5 +18,5 @@ def json_body(request: Request, obj: Any, status: int = 200) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def error_body(request: Request, status: int, code: str, message: str) -> bytes:
-    return json_body(request, {"error": {"code": code, "message": message}}, status)
+def error_body(request: Request, error: ProtocolError) -> bytes:
+    return json_body(request, error.as_http_body(), error.status)

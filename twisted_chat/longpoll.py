@@ -1,8 +1,10 @@
 """The chat over HTTP long-poll: ``GET /poll`` waits for messages, ``POST /poll`` sends one.
 
-A poll with nothing new is parked, not polled: the resource is the store's listener for
-rooms with parked requests and answers all of them the moment a message is published,
-encoding the response once. A client that leaves while parked is forgotten at once.
+A thin adapter over the room core (``hub``). Each GET is a client of the hub for the time
+it runs, counted against the same connection limits as a WebSocket: it subscribes from
+``since``, and is answered by the first events it gets, or empty when its time is up. The
+poll bodies of one batch are built once per cursor, however many polls are parked on it.
+A client that leaves while parked is forgotten at once.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from . import wire
+from .errors import ProtocolError, as_protocol_error
+from .events import Author, ChatMessage, RoomEvent
 from .http_json import error_body, json_body
-from .limits import SendRateLimiter
-from .messages import Author, ChatMessage, deleted_event_json
-from .sessions import CsrfRejected, SessionCache, authenticate_form_post, session_key_from_cookies
-from .store import MessageStore, RoomInfo, StoreUnavailable, UnknownRoom
+from .hub import Client, Identity, RoomHub
+from .sessions import CsrfRejected, authenticate_form_post, keys_from_cookies
+from .site import can_answer
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +38,83 @@ log = logging.getLogger(__name__)
 _JS_IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,63}(\.[A-Za-z_$][A-Za-z0-9_$]{0,63}){0,4}$")
 
 
-class _Parked:
-    __slots__ = ("request", "since", "timer")
+class _Poll:
+    """One GET as the hub's client: answered by its first events, an error, or its timeout."""
 
-    def __init__(self, request: Request, since: int, timer: Any):
+    def __init__(
+        self, resource: LongPollResource, request: Request, room_id: int, since: int | None, timeout: float
+    ):
+        self.resource = resource
         self.request = request
+        self.room_id = room_id
         self.since = since
-        self.timer = timer
+        self.timeout = timeout
+        self.cursor = 0
+        self.events: list[RoomEvent] = []
+        self.client: Client | None = None
+        self.timer: Any = None
+        self.done = False
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, _: object) -> None:
+        """The response is sent, or the client left: either way, this poll is over."""
+        self.done = True
+        self._release()
+
+    def _release(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        if self.client is not None:
+            self.client.close()
+        self.resource.parked.discard(self)
+
+    def answer(self, body: bytes, error: ProtocolError | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._release()
+        if error is not None:
+            _finish_error(self.request, error)
+        else:
+            _finish(self.request, body)
+
+    # --- the hub's ClientSink -------------------------------------------------------------
+
+    def subscribed(self, room_id: int, last: int) -> None:
+        self.cursor = last if self.since is None else min(self.since, last)
+
+    def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
+        if self.since is None:
+            self.events.extend(events)
+            return
+        self.answer(self.resource.body_after(room_id, self.cursor, events))
+
+    def caught_up(self, room_id: int) -> None:
+        if self.since is None:
+            self.answer(self.resource.body_after(room_id, 0, self.events, self.cursor))
+        elif self.timeout <= 0:
+            self.answer(_messages_body(room_id, self.cursor, []))
+        else:
+            self.resource.parked.add(self)
+            self.timer = self.resource.reactor.callLater(self.timeout, self.expire)
+
+    def expire(self) -> None:
+        self.answer(_messages_body(self.room_id, self.cursor, []))
+
+    def subscribe_failed(self, room_id: int, error: ProtocolError) -> None:
+        self.answer(b"", error)
+
+    def subscription_ended(self, room_id: int, error: ProtocolError) -> None:
+        self.answer(b"", error)
+
+    def session_ended(self) -> None:
+        self.answer(b"", ProtocolError("session_ended", "the session changed: poll again"))
+
+    def queued_bytes(self) -> int:
+        return 0
+
+    def drop_slow(self) -> None:
+        """A poll holds one response; it cannot fall behind."""
 
 
 class LongPollResource(Resource):
@@ -50,44 +123,41 @@ class LongPollResource(Resource):
     def __init__(
         self,
         reactor: Any,
-        store: MessageStore,
-        sessions: SessionCache,
+        hub: RoomHub,
         run_query: Any,
-        send_limiter: SendRateLimiter,
         *,
         jsonp: bool = False,
         max_text_length: int = 4000,
-        recent_count: int = 50,
-        page_size: int = 500,
         default_timeout: float = 25,
         max_timeout: float = 60,
         max_response_chars: int = 1024 * 1024,
     ):
         super().__init__()
-        self._reactor = reactor
-        self._store = store
-        self._sessions = sessions
+        self.reactor = reactor
+        self._hub = hub
         self._run_query = run_query
-        self._send_limiter = send_limiter
         self._jsonp = jsonp
         self._max_text_length = max_text_length
         self._max_body = max_text_length * 4 + 4096
-        self._recent_count = recent_count
-        self._page_size = page_size
         self._max_timeout = max_timeout
         self._max_response_chars = max_response_chars
         self._default_timeout = min(default_timeout, max_timeout)
-        self._parked: dict[int, dict[Request, _Parked]] = {}
+        self.parked: set[_Poll] = set()
         self.delivered = 0
+        # The bodies built for the batch being fanned out, by cursor.
+        self._batch: Sequence[RoomEvent] | None = None
+        self._bodies: dict[int, bytes] = {}
 
     @property
     def parked_count(self) -> int:
-        return sum(len(waiters) for waiters in self._parked.values())
+        return len(self.parked)
 
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD", b"POST"):
             request.setHeader(b"allow", b"GET, HEAD, POST")
-            return error_body(request, 405, "method_not_allowed", "use GET to poll or POST to send")
+            return _error_body(
+                request, ProtocolError("method_not_allowed", "use GET to poll or POST to send")
+            )
         return super().render(request)
 
     # --- GET: wait for messages ---------------------------------------------------------
@@ -100,16 +170,28 @@ class LongPollResource(Resource):
             timeout = self._parse_timeout(_arg(request, b"timeout"))
             callback = _arg(request, b"callback") if self._jsonp else None
             if callback is not None and not _JS_IDENTIFIER.match(callback):
-                raise wire.ProtocolError("bad_request", "'callback' must be a JavaScript identifier")
-        except wire.ProtocolError as error:
-            return error_body(request, error.status, error.code, error.message)
+                raise ProtocolError("bad_request", "'callback' must be a JavaScript identifier")
+        except ProtocolError as error:
+            return _error_body(request, error)
         if callback is not None:
-            request.jsonp_callback = callback.encode()
-        d = self._store.open_room(room_id)
-        d.addCallback(self._check_readable, request, callback)
-        d.addCallback(self._read, request, room_id, since, timeout)
-        d.addErrback(self._fail, request)
+            request.jsonp_callback = callback.encode()  # type: ignore[attr-defined]
+            # A script tag sends the reader's cookies from any site: JSONP is always anonymous.
+            session_key = browser_key = None
+        else:
+            session_key, browser_key = keys_from_cookies(_header(request, b"cookie"))
+        identity = Identity(request.getClientAddress().host, session_key, browser_key)  # type: ignore[attr-defined]
+        poll = _Poll(self, request, room_id, since, timeout)
+        d = self._hub.authenticate(session_key)
+        d.addCallback(self._subscribe, poll, identity)
+        d.addErrback(lambda failure: poll.answer(b"", as_protocol_error(failure)))
         return NOT_DONE_YET
+
+    def _subscribe(self, author: Author | None, poll: _Poll, identity: Identity) -> None:
+        if poll.done:
+            return
+        identity.author = author
+        poll.client = self._hub.connect(poll, identity)
+        poll.client.subscribe(poll.room_id, poll.since)
 
     def _parse_timeout(self, value: str | None) -> float:
         if value is None:
@@ -117,130 +199,50 @@ class LongPollResource(Resource):
         try:
             timeout = float(value)
         except ValueError:
-            raise wire.ProtocolError("bad_request", "'timeout' must be a number of seconds") from None
+            raise ProtocolError("bad_request", "'timeout' must be a number of seconds") from None
         if not 0 <= timeout < float("inf"):
-            raise wire.ProtocolError("bad_request", "'timeout' must be a number of seconds")
+            raise ProtocolError("bad_request", "'timeout' must be a number of seconds")
         return min(timeout, self._max_timeout)
 
-    def _check_readable(
-        self, info: RoomInfo, request: Request, callback: str | None
-    ) -> Deferred[None] | None:
-        if not info.is_private:
-            return None
-        if callback is not None:
-            raise wire.ProtocolError("forbidden", "private rooms are never served over JSONP", status=403)
-        session_key = session_key_from_cookies(_header(request, b"cookie"))
+    def body_after(
+        self, room_id: int, cursor: int, events: Sequence[RoomEvent], last: int | None = None
+    ) -> bytes:
+        """The answer to a poll at ``cursor``: the events after it, cut to the size bound.
 
-        def check(author: Author | None) -> None:
-            if not info.readable_by(author):
-                raise wire.ProtocolError("forbidden", "this room is private", status=403)
+        Polls parked on the same batch share one body per cursor.
+        """
+        if events is not self._batch:
+            self._batch, self._bodies = events, {}
+        body = self._bodies.get(cursor)
+        if body is None:
+            fresh = self._fit([e for e in events if not isinstance(e, ChatMessage) or e.id > cursor])
+            messages = [e for e in fresh if isinstance(e, ChatMessage)]
+            newest = messages[-1].id if messages else (cursor if last is None else last)
+            body = self._bodies[cursor] = _messages_body(room_id, newest, fresh)
+            self.delivered += len(messages)
+        return body
 
-        return self._sessions.author(session_key).addCallback(check)
-
-    def _read(self, _: None, request: Request, room_id: int, since: int | None, timeout: float):
-        if since is None:
-            latest = self._store.read_latest(room_id, self._recent_count)
-            return latest.addCallback(self._answer_latest, request, room_id)
-        since = min(since, self._store.last_id(room_id))
-        after = self._store.read_after(room_id, since, self._page_size)
-        return after.addCallback(self._answer_or_park, request, room_id, since, timeout)
-
-    def _fit(self, messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
-        """Cut a page so that a response stays near the size bound (always one message)."""
+    def _fit(self, events: Sequence[RoomEvent]) -> Sequence[RoomEvent]:
+        """Cut a page so that a response stays near the size bound (always one event)."""
         size = 0
-        for index, message in enumerate(messages):
-            size += len(message.json) + 1
+        for index, event in enumerate(events):
+            size += len(event.json) + 1
             if size > self._max_response_chars and index > 0:
-                return messages[:index]
-        return messages
-
-    def _answer_latest(self, messages: list[ChatMessage], request: Request, room_id: int) -> None:
-        messages = self._fit(messages)
-        last = messages[-1].id if messages else self._store.last_id(room_id)
-        _finish(request, _messages_body(room_id, last, messages))
-
-    def _answer_or_park(
-        self, messages: list[ChatMessage], request: Request, room_id: int, since: int, timeout: float
-    ) -> Deferred[None] | None:
-        if messages:
-            page = self._fit(messages)
-            _finish(request, _messages_body(room_id, page[-1].id, page))
-            return None
-        if self._store.last_id(room_id) > since:
-            # Published while the read was in flight: read again rather than wait.
-            return self._read(None, request, room_id, since, timeout)
-        if _gone(request):
-            return None
-        if timeout <= 0:
-            _finish(request, _messages_body(room_id, since, []))
-            return None
-        self._park(request, room_id, since, timeout)
-        return None
-
-    def _park(self, request: Request, room_id: int, since: int, timeout: float) -> None:
-        waiters = self._parked.get(room_id)
-        if waiters is None:
-            waiters = self._parked[room_id] = {}
-            self._store.subscribe(room_id, self)
-        timer = self._reactor.callLater(timeout, self._expire, request, room_id)
-        waiters[request] = _Parked(request, since, timer)
-        request.notifyFinish().addErrback(lambda _: self._unpark(request, room_id))
-
-    def _unpark(self, request: Request, room_id: int) -> _Parked | None:
-        waiters = self._parked.get(room_id)
-        if waiters is None:
-            return None
-        parked = waiters.pop(request, None)
-        if parked is not None and parked.timer.active():
-            parked.timer.cancel()
-        if not waiters:
-            del self._parked[room_id]
-            self._store.unsubscribe(room_id, self)
-        return parked
-
-    def _expire(self, request: Request, room_id: int) -> None:
-        parked = self._unpark(request, room_id)
-        if parked is not None:
-            _finish(request, _messages_body(room_id, parked.since, []))
+                return events[:index]
+        return events
 
     def release_all(self) -> None:
         """Answer every parked poll now (shutdown): clients poll again elsewhere or later."""
-        for room_id in list(self._parked):
-            for request in list(self._parked.get(room_id, {})):
-                self._expire(request, room_id)
-
-    # --- RoomListener -------------------------------------------------------------------
-
-    def messages_published(self, room_id: int, messages: Sequence[ChatMessage]) -> None:
-        waiters = self._parked.pop(room_id, None)
-        if not waiters:
-            return
-        self._store.unsubscribe(room_id, self)
-        bodies: dict[int, bytes] = {}
-        for parked in waiters.values():
-            parked.timer.cancel()
-            body = bodies.get(parked.since)
-            if body is None:
-                fresh = self._fit([m for m in messages if m.id > parked.since][: self._page_size])
-                body = _messages_body(room_id, fresh[-1].id if fresh else parked.since, fresh)
-                bodies[parked.since] = body
-            _finish(parked.request, body)
-            self.delivered += len(messages)
-
-    def message_removed(self, room_id: int, message_id: int) -> None:
-        event = deleted_event_json(room_id, message_id)
-        for request in list(self._parked.get(room_id, {})):
-            parked = self._unpark(request, room_id)
-            if parked is not None:
-                body = f'{{"room":{room_id},"last":{parked.since},"messages":[{event}]}}'
-                _finish(request, body.encode())
+        for poll in list(self.parked):
+            poll.expire()
 
     # --- POST: send a message -----------------------------------------------------------
 
     def render_POST(self, request: Request) -> bytes | int:
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
-            return error_body(request, 413, "too_large", f"'text' is over {self._max_text_length} characters")
+            error = ProtocolError("too_large", f"'text' is over {self._max_text_length} characters")
+            return _error_body(request, error)
         environ = _wsgi_environ(request, body)
         d = self._run_query(_authenticate_and_read, environ)
         d.addCallback(self._post, request)
@@ -253,38 +255,18 @@ class LongPollResource(Resource):
         room_id = wire.parse_room(fields.get("room"))
         text = fields.get("text", fields.get("new_message"))
         text = wire.clean_text(text, self._max_text_length)
-        if author is None:
-            raise wire.ProtocolError("not_authenticated", "log in to post", status=403)
-        wait = self._send_limiter.retry_after(author.id)
-        if wait:
-            raise wire.rate_limited(wait)
-
-        def append(info: RoomInfo) -> Deferred[int]:
-            if not info.readable_by(author):
-                raise wire.ProtocolError("forbidden", "this room is private", status=403)
-            return self._store.append(room_id, author, text, nonce)
-
-        d = self._store.open_room(room_id).addCallback(append)
-        return d.addCallback(
+        ack: Deferred[int] = Deferred()
+        self._hub.post(author, room_id, text, nonce, ack)
+        return ack.addCallback(
             lambda message_id: _finish(request, json_body(request, {"room": room_id, "id": message_id}))
         )
 
     def _fail(self, failure: Failure, request: Request) -> None:
-        if failure.check(wire.ProtocolError):
-            error = failure.value
-            body = error_body(request, error.status, error.code, error.message)
-            if error.retry_after is not None:
-                request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
-        elif failure.check(UnknownRoom):
-            body = error_body(request, 404, "unknown_room", "no such room")
-        elif failure.check(CsrfRejected):
-            body = error_body(request, 403, "csrf_failed", str(failure.value))
-        elif failure.check(StoreUnavailable):
-            body = error_body(request, 503, "unavailable", str(failure.value))
+        if failure.check(CsrfRejected):
+            error = ProtocolError("csrf_failed", str(failure.value))
         else:
-            log.error("long-poll request failed: %s", failure.getTraceback())
-            body = error_body(request, 500, "internal_error", "the server failed")
-        _finish(request, body)
+            error = as_protocol_error(failure)
+        _finish_error(request, error)
 
 
 def _authenticate_and_read(environ: dict[str, Any]) -> tuple[Author | None, dict[str, Any]]:
@@ -293,7 +275,7 @@ def _authenticate_and_read(environ: dict[str, Any]) -> tuple[Author | None, dict
         return _read_fields(*authenticate_form_post(environ))
     except (MultiPartParserError, SuspiciousOperation, BadRequest) as error:
         # Django's CSRF check parses the body first; a malformed one fails there.
-        raise wire.ProtocolError("bad_request", f"unreadable body: {error}") from None
+        raise ProtocolError("bad_request", f"unreadable body: {error}") from None
 
 
 def _read_fields(author: Author | None, django_request: Any) -> tuple[Author | None, dict[str, Any]]:
@@ -302,27 +284,33 @@ def _read_fields(author: Author | None, django_request: Any) -> tuple[Author | N
         try:
             fields = json.loads(django_request.body)
         except ValueError:
-            raise wire.ProtocolError("bad_request", "body is not valid JSON") from None
+            raise ProtocolError("bad_request", "body is not valid JSON") from None
         if not isinstance(fields, dict):
-            raise wire.ProtocolError("bad_request", "body must be a JSON object")
+            raise ProtocolError("bad_request", "body must be a JSON object")
         return author, fields
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return author, {key: django_request.POST.get(key) for key in django_request.POST}
-    raise wire.ProtocolError("bad_request", "send application/json or a form", status=415)
+    raise ProtocolError("unsupported_media_type", "send application/json or a form")
 
 
-def _messages_body(room_id: int, last: int, messages: Sequence[ChatMessage]) -> bytes:
-    listed = ",".join(m.json for m in messages)
+def _messages_body(room_id: int, last: int, events: Sequence[RoomEvent]) -> bytes:
+    listed = ",".join(e.json for e in events)
     return f'{{"room":{room_id},"last":{last},"messages":[{listed}]}}'.encode()
 
 
-def _gone(request: Request) -> bool:
-    return request.finished or getattr(request, "_disconnected", False)
+def _error_body(request: Request, error: ProtocolError) -> bytes:
+    if error.retry_after is not None:
+        request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
+    return error_body(request, error)
+
+
+def _finish_error(request: Request, error: ProtocolError) -> None:
+    _finish(request, _error_body(request, error))
 
 
 def _finish(request: Request, body: bytes) -> None:
     """Answer unless the client has already left (finish() after that raises)."""
-    if _gone(request):
+    if not can_answer(request):
         return
     callback = getattr(request, "jsonp_callback", None)
     if callback is not None and request.code == 200:
@@ -345,7 +333,7 @@ def _arg(request: Request, name: bytes) -> str | None:
     try:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
-        raise wire.ProtocolError("bad_request", f"'{name.decode()}' is not valid UTF-8") from None
+        raise ProtocolError("bad_request", f"'{name.decode()}' is not valid UTF-8") from None
 
 
 def _header(request: Request, name: bytes) -> str:

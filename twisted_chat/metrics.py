@@ -54,14 +54,14 @@ class _ServerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         server = self._server
-        ws, poll, store = server.websockets, server.longpoll, server.store
+        ws, poll, hub, message_log = server.websockets, server.longpoll, server.hub, server.message_log
         yield _gauge("chat_websocket_connections", "Open WebSocket connections.", len(ws.connections))
         yield _gauge(
-            "chat_websocket_subscriptions", "Room subscriptions over WebSocket.", ws.subscriber_count()
+            "chat_subscriptions", "Room subscriptions, over every transport.", hub.subscription_count
         )
         yield _gauge("chat_longpoll_parked", "Long-poll requests waiting for a message.", poll.parked_count)
-        yield _counter("chat_messages_accepted", "Messages accepted for writing.", store.accepted)
-        yield _counter("chat_messages_published", "Messages written and fanned out.", store.published)
+        yield _counter("chat_messages_accepted", "Messages accepted for writing.", message_log.accepted)
+        yield _counter("chat_messages_published", "Messages written and fanned out.", message_log.committed)
         deliveries = CounterMetricFamily(
             "chat_deliveries", "Messages delivered to one client.", labels=["transport"]
         )
@@ -71,9 +71,11 @@ class _ServerCollector(Collector):
         yield _counter(
             "chat_slow_consumer_disconnects",
             "WebSockets dropped for falling too far behind.",
-            ws.slow_consumers_dropped,
+            hub.slow_consumers_dropped,
         )
-        yield _gauge("chat_db_pending_writes", "Messages waiting for the next batch.", store.writer.pending)
+        yield _gauge(
+            "chat_db_pending_writes", "Messages waiting for the next batch.", message_log.writer.pending
+        )
         queue = GaugeMetricFamily(
             "chat_threadpool_queue_depth", "Jobs waiting for a thread.", labels=["pool"]
         )

@@ -1,4 +1,4 @@
-"""The chat server as a Twisted service: thread pools, the store, the site, the port.
+"""The chat server as a Twisted service: thread pools, storage, the room core, the site, the port.
 
 Started by chatserver.tac. Stopping it (SIGTERM, or the reactor shutting down) is graceful:
 stop accepting, tell WebSocket clients to come back (1001), answer parked polls, write
@@ -24,13 +24,18 @@ from twisted.web.wsgi import WSGIResource
 from . import django_signals
 from .access import AccessLog
 from .health import HealthResource
-from .limits import SendRateLimiter
+from .hub import RoomHub
+from .limits import ConnectionLimits, SendRateLimiter
 from .longpoll import LongPollResource
-from .memory_store import InMemoryMessageStore
 from .metrics import ChatMetrics, MetricsResource
 from .sessions import SessionCache
 from .site import build_site
 from .static import static_resource
+from .storage import Storage, check_backend
+from .storage.directory import LocalRoomDirectory
+from .storage.memory_broker import LocalBroker
+from .storage.memory_presence import LocalPresence
+from .storage.message_log import SqlMessageLog
 from .threads import ThreadPoolService
 from .websocket import ChatWebSocketFactory
 
@@ -52,46 +57,53 @@ class ChatServer(MultiService):
             pool.setServiceParent(self)
 
         self.metrics = ChatMetrics()
-        self.store = InMemoryMessageStore(
+        check_backend(settings.CHAT_REDIS_URL)
+        broker = LocalBroker()
+        self.message_log = SqlMessageLog(
             reactor,
             self.db_threads.run,
             self.writer_threads.run,
+            broker.publish,
             window=settings.CHAT_HISTORY_WINDOW,
             max_idle_rooms=settings.CHAT_MAX_IDLE_ROOMS,
             max_batch=settings.CHAT_MAX_BATCH,
             on_batch=self.metrics.batch_written,
         )
-        django_signals.connect(reactor, self.store)
-        sessions = SessionCache(self.db_threads.run, ttl=settings.CHAT_SESSION_RECHECK_SECONDS)
-        send_limiter = SendRateLimiter(settings.CHAT_SEND_RATE, settings.CHAT_SEND_BURST)
-
-        self.websockets = ChatWebSocketFactory(
-            self.store,
-            sessions,
-            AccessLog(),
-            send_limiter,
-            max_connections_per_user=settings.CHAT_MAX_CONNECTIONS_PER_USER,
-            max_connections_per_ip=settings.CHAT_MAX_CONNECTIONS_PER_IP,
-            max_rooms=settings.CHAT_MAX_ROOMS_PER_CONNECTION,
-            max_message_size=settings.CHAT_MAX_WS_MESSAGE_BYTES,
-            allowed_origins=settings.CHAT_ALLOWED_ORIGINS,
-            max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
+        self.storage = Storage(
+            LocalRoomDirectory(self.db_threads.run, settings.CHAT_MAX_IDLE_ROOMS),
+            self.message_log,
+            broker,
+            LocalPresence(),
+        )
+        self.hub = RoomHub(
+            self.storage.directory,
+            self.storage.log,
+            self.storage.broker,
+            SessionCache(self.db_threads.run, ttl=settings.CHAT_SESSION_RECHECK_SECONDS),
+            SendRateLimiter(settings.CHAT_SEND_RATE, settings.CHAT_SEND_BURST),
+            ConnectionLimits(settings.CHAT_MAX_CONNECTIONS_PER_USER, settings.CHAT_MAX_CONNECTIONS_PER_IP),
+            max_rooms_per_client=settings.CHAT_MAX_ROOMS_PER_CONNECTION,
             recent_count=settings.CHAT_RECENT_COUNT,
             page_size=settings.CHAT_POLL_PAGE_SIZE,
             max_backlog=settings.CHAT_MAX_WS_BACKLOG_BYTES,
+        )
+        django_signals.connect(reactor, self.hub, self.storage.directory)
+
+        self.websockets = ChatWebSocketFactory(
+            self.hub,
+            AccessLog(),
+            max_message_size=settings.CHAT_MAX_WS_MESSAGE_BYTES,
+            allowed_origins=settings.CHAT_ALLOWED_ORIGINS,
+            max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
             ping_interval=settings.CHAT_WS_PING_INTERVAL,
             ping_timeout=settings.CHAT_WS_PING_TIMEOUT,
         )
         self.longpoll = LongPollResource(
             reactor,
-            self.store,
-            sessions,
+            self.hub,
             self.db_threads.run,
-            send_limiter,
             jsonp=settings.CHAT_JSONP,
             max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
-            recent_count=settings.CHAT_RECENT_COUNT,
-            page_size=settings.CHAT_POLL_PAGE_SIZE,
             default_timeout=settings.CHAT_POLL_TIMEOUT,
             max_timeout=settings.CHAT_POLL_MAX_TIMEOUT,
             max_response_chars=settings.CHAT_MAX_POLL_RESPONSE_CHARS,
@@ -116,7 +128,7 @@ class ChatServer(MultiService):
     def stats(self) -> dict[str, int]:
         return {
             "websockets": len(self.websockets.connections),
-            "subscriptions": self.websockets.subscriber_count(),
+            "subscriptions": self.hub.subscription_count,
             "parked_polls": self.longpoll.parked_count,
         }
 
@@ -135,7 +147,7 @@ class ChatServer(MultiService):
         yield self.listener.stopService()
         closed = self.websockets.going_away("server shutting down: reconnect and resume")
         self.longpoll.release_all()
-        yield self.store.close()
+        yield self.message_log.close()
         # Clients answer the close at once; autobahn drops any that do not within 1 s.
         yield closed.addTimeout(3, self.reactor).addErrback(lambda _: None)
         others = [s.stopService() for s in reversed(list(self)) if s is not self.listener and s.running]

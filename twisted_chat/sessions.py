@@ -20,8 +20,10 @@ from django.http import HttpRequest, HttpResponse
 from django.http.cookie import parse_cookie
 from django.middleware.csrf import CsrfViewMiddleware
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 
-from .messages import Author
+from .events import Author
+from .storage.interfaces import StoreUnavailable
 
 
 def _no_response(request: HttpRequest) -> HttpResponse:
@@ -34,8 +36,10 @@ def _author(user: Any) -> Author | None:
     return Author(user.pk, user.get_username())
 
 
-def session_key_from_cookies(cookie_header: str) -> str | None:
-    return parse_cookie(cookie_header).get(settings.SESSION_COOKIE_NAME) or None
+def keys_from_cookies(cookie_header: str) -> tuple[str | None, str | None]:
+    """The session key, and the CSRF cookie that names the browser even without a session."""
+    cookies = parse_cookie(cookie_header)
+    return cookies.get(settings.SESSION_COOKIE_NAME) or None, cookies.get(settings.CSRF_COOKIE_NAME) or None
 
 
 def author_for_session(session_key: str) -> Author | None:
@@ -68,8 +72,9 @@ def authenticate_form_post(environ: dict[str, Any]) -> tuple[Author | None, WSGI
 class SessionCache:
     """Remembers who a session belongs to for a few seconds.
 
-    A WebSocket re-checks its session on every send, so a logout in another tab stops it
-    posting within ``ttl`` seconds, without a database query per message.
+    A WebSocket re-checks its session on every send without a database query per message.
+    Logouts and user changes are forgotten at once (``forget``, ``forget_user``); ``ttl``
+    bounds how long a session that simply expired is still trusted.
     """
 
     def __init__(
@@ -91,10 +96,25 @@ class SessionCache:
         entry = self._entries.get(session_key)
         if entry is not None and entry[0] > self._clock():
             return succeed(entry[1])
-        return self._run_query(author_for_session, session_key).addCallback(self._remember, session_key)
+        d = self._run_query(author_for_session, session_key)
+        return d.addCallbacks(self._remember, _unavailable, callbackArgs=(session_key,))
 
     def _remember(self, author: Author | None, session_key: str) -> Author | None:
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
         self._entries[session_key] = (self._clock() + self._ttl, author)
         return author
+
+    def forget(self, session_key: str) -> None:
+        self._entries.pop(session_key, None)
+
+    def forget_user(self, user_id: int) -> None:
+        stale = [
+            key for key, (_, author) in self._entries.items() if author is not None and author.id == user_id
+        ]
+        for key in stale:
+            del self._entries[key]
+
+
+def _unavailable(failure: Failure) -> Failure:
+    return Failure(StoreUnavailable(f"sessions could not be read: {failure.getErrorMessage()}"))

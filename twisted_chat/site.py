@@ -12,9 +12,15 @@ class ChatRequest(Request):
     """A request whose body may not exceed a limit; a larger one is answered 413 unread.
 
     twisted.web otherwise buffers any body whole (to a temporary file) before rendering.
+    ``client_gone`` says the client left before the answer: ``finish()`` would then raise.
     """
 
     max_body = 4 * 1024 * 1024
+    client_gone = False
+
+    def connectionLost(self, reason: object) -> None:
+        self.client_gone = True
+        super().connectionLost(reason)
 
     def gotLength(self, length: int | None) -> None:
         self._body_size = 0
@@ -63,3 +69,8 @@ def build_site(
         requestFactory=type("LimitedChatRequest", (ChatRequest,), {"max_body": max_body}),
         parsePOSTFormSubmission=False,
     )
+
+
+def can_answer(request: Request) -> bool:
+    """Whether an answer can still be written: not finished, and the client still there."""
+    return not request.finished and not getattr(request, "client_gone", False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.staticfiles import finders
-from twisted.web import resource, static
+from twisted.web import pages, resource, static
 from twisted.web.server import Request
 
 _HASHED_NAME = re.compile(rb"\.[0-9a-f]{12}\.[A-Za-z0-9]+$")
@@ -19,7 +19,7 @@ _HASHED_NAME = re.compile(rb"\.[0-9a-f]{12}\.[A-Za-z0-9]+$")
 
 class StaticFile(static.File):
     def directoryListing(self) -> resource.Resource:
-        return resource.NoResource()
+        return pages.notFound()
 
     def render_GET(self, request: Request) -> bytes | int:
         if _HASHED_NAME.search(request.path):
@@ -44,16 +44,16 @@ class StaticFilesResource(resource.Resource):
         try:
             relative = "/".join(part.decode("utf-8") for part in parts)
         except UnicodeDecodeError:
-            return resource.NoResource()
+            return pages.notFound()
         if not relative or any(part in ("", ".", "..") for part in relative.split("/")):
-            return resource.NoResource()
+            return pages.notFound()
         if self._root is not None:
             candidate = self._root / relative
         else:
             found = finders.find(relative)
             candidate = Path(found) if isinstance(found, str) else None
         if candidate is None or not candidate.is_file():
-            return resource.NoResource()
+            return pages.notFound()
         return StaticFile(str(candidate))
 
 

@@ -6,6 +6,7 @@ pools, sized to the database connection budget, started and stopped with the ser
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,13 +35,23 @@ class ThreadPoolService(Service):
         self.name = name
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=1, maxthreads=size, name=name)
+        self._waiting = 0
+        self._lock = threading.Lock()
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        return threads.deferToThreadPool(self.reactor, self.pool, _with_fresh_connection, fn, *args)
+        with self._lock:
+            self._waiting += 1
+        return threads.deferToThreadPool(self.reactor, self.pool, self._job, fn, *args)
+
+    def _job(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._lock:
+            self._waiting -= 1
+        return _with_fresh_connection(fn, *args)
 
     @property
     def queue_depth(self) -> int:
-        return self.pool._queue.qsize()
+        """Jobs waiting for a thread (counted here: ThreadPool keeps its queue private)."""
+        return self._waiting
 
     def startService(self) -> None:
         super().startService()

@@ -1,16 +1,15 @@
 """The chat over WebSocket (autobahn), one JSON object per text frame.
 
-The factory is the store's single listener per room: it prepares each message's frame
-once and hands the same bytes to every subscribed connection. A connection that
-subscribes with ``since`` first catches up from history, buffering live messages, then
-joins the live set; the cursor of the last id sent keeps both from overlapping.
+A thin adapter over the room core (``hub``): it checks the handshake, parses frames into
+hub calls and turns what the hub tells a client into frames. Each event's frame is built
+once per process (``RoomEvent.encoded``) and written as it is to every connection.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,15 +21,16 @@ from twisted.python.failure import Failure
 from . import wire
 from .access import AccessLog
 from .eager_write import queued_bytes, write_now
-from .limits import ConnectionLimiter, SendRateLimiter
-from .messages import Author, ChatMessage, deleted_event_json
-from .sessions import SessionCache, session_key_from_cookies
-from .store import MessageStore, StoreUnavailable, UnknownRoom
+from .errors import ProtocolError, as_protocol_error
+from .events import Author, RoomEvent
+from .hub import Client, Identity, RoomHub
+from .sessions import keys_from_cookies
 
 log = logging.getLogger(__name__)
 
 
-# Close code for a connection dropped because it stopped reading (docs/protocol.md).
+# Close codes of our own (docs/protocol.md).
+SESSION_CHANGED_CLOSE_CODE = 4001
 SLOW_CONSUMER_CLOSE_CODE = 4008
 
 
@@ -39,78 +39,69 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
 
     def __init__(self) -> None:
         super().__init__()
-        self.author: Author | None = None
-        self.session_key: str | None = None
-        self.rooms: set[int] = set()
-        self._initial: wire.Subscribe | wire.ProtocolError | None = None
-        self._sends: Deferred[None] = succeed(None)
-        self._open = False
-        self._held: list[tuple[ConnectionLimiter, Hashable]] = []
+        self.client: Client | None = None
+        self._identity: Identity | None = None
+        self._initial: wire.Subscribe | ProtocolError | None = None
+        self._gone = False
+
+    @property
+    def author(self) -> Author | None:
+        return self._identity.author if self._identity is not None else None
 
     # --- handshake ----------------------------------------------------------------------
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[None]:
         self.factory.check_origin(request)
-        self.session_key = session_key_from_cookies(request.headers.get("cookie", ""))
+        session_key, browser_key = keys_from_cookies(request.headers.get("cookie", ""))
+        self._identity = Identity(self.transport.getPeer().host, session_key, browser_key)
         self._initial = _initial_subscription(request.params)
-        return self.factory.sessions.author(self.session_key).addCallback(self._authenticated)
+        return self.factory.hub.authenticate(session_key).addCallbacks(self._admit, self._refuse)
 
-    def _authenticated(self, author: Author | None) -> None:
-        self.author = author
-        self._hold(self.factory.ip_connections, self.transport.getPeer().host, "address")
-        if author is not None:
-            self._hold(self.factory.user_connections, author.id, "user")
+    def _admit(self, author: Author | None) -> None:
+        assert self._identity is not None
+        if self._gone:
+            # The client left while its session was looked up: take no slot for it.
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "connection closed")
+        self._identity.author = author
+        try:
+            self.client = self.factory.hub.connect(self, self._identity)
+        except ProtocolError as error:
+            raise ConnectionDeny(error.status, error.message) from None
 
-    def _hold(self, limiter: ConnectionLimiter, key: Hashable, what: str) -> None:
-        if not limiter.acquire(key):
-            raise ConnectionDeny(429, f"too many open connections for this {what}")
-        self._held.append((limiter, key))
+    def _refuse(self, failure: Failure) -> None:
+        error = as_protocol_error(failure)
+        raise ConnectionDeny(error.status, error.message)
 
     def onOpen(self) -> None:
-        self._open = True
         # After the upgrade the HTTP channel is still the transport's producer; take its
         # place, so that a full send buffer tells this connection to stop receiving.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
         self.factory.connection_opened(self)
         initial, self._initial = self._initial, None
-        if isinstance(initial, wire.ProtocolError):
+        if isinstance(initial, ProtocolError):
             self.send_error(initial)
-        elif initial is not None:
-            self._subscribe(initial)
+        elif initial is not None and self.client is not None:
+            self.client.subscribe(initial.room, initial.since)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        held, self._held = self._held, []
-        for limiter, key in held:
-            limiter.release(key)
-        if self._open:
-            self._open = False
+        self._gone = True
+        if self.client is not None:
+            self.client.close()
             self.factory.connection_closed(self, code)
 
     # --- IPushProducer: the transport's send buffer --------------------------------------
 
     def pauseProducing(self) -> None:
-        self.factory.paused.add(self)
+        if self.client is not None:
+            self.client.paused()
 
     def resumeProducing(self) -> None:
-        self.factory.paused.discard(self)
+        if self.client is not None:
+            self.client.resumed()
 
     def stopProducing(self) -> None:
-        self.factory.paused.discard(self)
-
-    def queued_bytes(self) -> int:
-        return queued_bytes(self.transport)
-
-    def drop_slow_consumer(self) -> None:
-        """Past the backlog limit: stop delivering, say why, and cut the connection.
-
-        The client can reconnect and resume with ``since``; nothing is lost.
-        """
-        for room_id in list(self.rooms):
-            self.factory.leave(self, room_id)
-        self.rooms.clear()
-        self.sendClose(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: reconnect and resume with since")
-        self.dropConnection(abort=True)
+        self.resumeProducing()
 
     # --- frames from the client ---------------------------------------------------------
 
@@ -120,123 +111,73 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         except Exception:
             # A bug must not cost the client its connection, nor anyone else theirs.
             log.exception("handling a WebSocket frame failed")
-            self.send_error(wire.ProtocolError("internal_error", "the server failed", status=500))
+            self.send_error(ProtocolError("internal_error", "the server failed"))
 
     def _handle_frame(self, payload: bytes, isBinary: bool) -> None:
+        client = self.client
+        if client is None or client.closed:
+            return
         if isBinary:
-            self.send_error(wire.ProtocolError("bad_request", "binary frames are not supported"))
+            self.send_error(ProtocolError("bad_request", "binary frames are not supported"))
             return
         try:
             command = wire.parse_client_frame(payload, self.factory.max_text_length)
-        except wire.ProtocolError as error:
+        except ProtocolError as error:
             self.send_error(error)
             return
         if isinstance(command, wire.Send):
-            # Sends run one after another per connection, so their ids keep their order.
-            self._sends.addCallback(lambda _: self._send(command))
-        elif isinstance(command, wire.Subscribe):
-            self._subscribe(command)
-        else:
-            self._unsubscribe(command.room)
-
-    def _subscribe(self, command: wire.Subscribe) -> None:
-        room_id = command.room
-        if room_id in self.rooms:
-            self.factory.leave(self, room_id)
-            self.rooms.discard(room_id)
-        elif len(self.rooms) >= self.factory.max_rooms:
-            self.send_error(
-                wire.ProtocolError("too_many_rooms", f"at most {self.factory.max_rooms} rooms per connection")
+            ack = client.send(command.room, command.text, command.nonce)
+            ack.addCallbacks(
+                self._acknowledge, self._refused, callbackArgs=(command,), errbackArgs=(command,)
             )
-            return
-        d = self.factory.store.open_room(room_id)
-        d.addCallback(self._room_opened, command)
-        d.addErrback(self._store_error, None)
-
-    def _room_opened(self, info: Any, command: wire.Subscribe) -> Deferred[list[ChatMessage]] | None:
-        if not self._open:
-            return None
-        if not info.readable_by(self.author):
-            raise wire.ProtocolError("forbidden", "this room is private")
-        store = self.factory.store
-        room_id = command.room
-        last = store.last_id(room_id)
-        self.rooms.add(room_id)
-        self.factory.begin_catch_up(self, room_id)
-        self.send_json({"type": "subscribed", "room": room_id, "last": last})
-        if command.since is None:
-            backlog = store.read_latest(room_id, self.factory.recent_count)
-            backlog.addCallback(self._catch_up, room_id, 0, False)
+        elif isinstance(command, wire.Subscribe):
+            client.subscribe(command.room, command.since)
         else:
-            since = min(command.since, last)
-            backlog = store.read_after(room_id, since, self.factory.page_size)
-            backlog.addCallback(self._catch_up, room_id, since, True)
-        return backlog
-
-    def _catch_up(
-        self, messages: list[ChatMessage], room_id: int, cursor: int, paged: bool
-    ) -> Deferred[Any] | None:
-        if not self._open or room_id not in self.rooms:
-            return None
-        for message in messages:
-            if message.id > cursor:
-                self.send_frame(self.factory.text_frame(message.json))
-                cursor = message.id
-        if paged and len(messages) >= self.factory.page_size:
-            more = self.factory.store.read_after(room_id, cursor, self.factory.page_size)
-            return more.addCallback(self._catch_up, room_id, cursor, True)
-        for message in self.factory.end_catch_up(self, room_id):
-            if message.id > cursor:
-                self.send_frame(self.factory.text_frame(message.json))
-                cursor = message.id
-        return None
-
-    def _unsubscribe(self, room_id: int) -> None:
-        if room_id in self.rooms:
-            self.rooms.discard(room_id)
-            self.factory.leave(self, room_id)
-        self.send_json({"type": "unsubscribed", "room": room_id})
-
-    def _send(self, command: wire.Send) -> Deferred[None]:
-        d = self.factory.sessions.author(self.session_key)
-        d.addCallback(self._send_as, command)
-        d.addErrback(self._store_error, command.nonce or None)
-        return d
-
-    def _send_as(self, author: Author | None, command: wire.Send) -> Deferred[None] | None:
-        self.author = author
-        nonce = command.nonce or None
-        if author is None:
-            raise wire.ProtocolError("not_authenticated", "log in to post", nonce, 403)
-        wait = self.factory.send_limiter.retry_after(author.id)
-        if wait:
-            raise wire.rate_limited(wait, nonce)
-        store = self.factory.store
-        return store.open_room(command.room).addCallback(self._append, author, command)
-
-    def _append(self, info: Any, author: Author, command: wire.Send) -> None:
-        if not info.readable_by(author):
-            raise wire.ProtocolError("forbidden", "this room is private", command.nonce or None, 403)
-        ack = self.factory.store.append(command.room, author, command.text, command.nonce)
-        ack.addCallback(self._acknowledge, command)
-        ack.addErrback(self._store_error, command.nonce or None)
+            client.unsubscribe(command.room)
+            self.send_json({"type": "unsubscribed", "room": command.room})
 
     def _acknowledge(self, message_id: int, command: wire.Send) -> None:
-        reply = {"type": "ack", "room": command.room, "id": message_id}
+        reply: dict[str, Any] = {"type": "ack", "room": command.room, "id": message_id}
         if command.nonce:
             reply["nonce"] = command.nonce
         self.send_json(reply)
 
-    def _store_error(self, failure: Failure, nonce: str | None) -> None:
-        if failure.check(wire.ProtocolError):
-            self.send_error(failure.value)
-        elif failure.check(UnknownRoom):
-            self.send_error(wire.ProtocolError("unknown_room", "no such room", nonce, 404))
-        elif failure.check(StoreUnavailable):
-            self.send_error(wire.ProtocolError("unavailable", str(failure.value), nonce, 503))
-        else:
-            log.error("WebSocket command failed: %s", failure.getTraceback())
-            self.send_error(wire.ProtocolError("internal_error", "the server failed", nonce, 500))
+    def _refused(self, failure: Failure, command: wire.Send) -> None:
+        self.send_error(as_protocol_error(failure, command.nonce or None))
+
+    # --- the hub's ClientSink -------------------------------------------------------------
+
+    def subscribed(self, room_id: int, last: int) -> None:
+        self.send_json({"type": "subscribed", "room": room_id, "last": last})
+
+    def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            frame = self.factory.frame
+            for event in events:
+                write_now(self.transport, event.encoded("ws", frame))
+            self.factory.delivered += len(events)
+
+    def caught_up(self, room_id: int) -> None:
+        """Nothing to say: live events follow the history on the same connection."""
+
+    def subscribe_failed(self, room_id: int, error: ProtocolError) -> None:
+        self.send_error(error)
+
+    def subscription_ended(self, room_id: int, error: ProtocolError) -> None:
+        self.send_json(
+            {"type": "unsubscribed", "room": room_id, "code": error.code, "message": error.message}
+        )
+
+    def session_ended(self) -> None:
+        self.sendClose(SESSION_CHANGED_CLOSE_CODE, "session changed: reconnect")
+
+    def queued_bytes(self) -> int:
+        return queued_bytes(self.transport)
+
+    def drop_slow(self) -> None:
+        """The client can reconnect and resume with ``since``; nothing is lost."""
+        self.sendClose(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: reconnect and resume with since")
+        self.dropConnection(abort=True)
 
     # --- frames to the client -----------------------------------------------------------
 
@@ -251,20 +192,20 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
             write_now(self.transport, frame)
 
     def send_json(self, obj: dict[str, Any]) -> None:
-        self.send_frame(self.factory.text_frame(json.dumps(obj, separators=(",", ":"))))
+        self.send_frame(self.factory.frame(json.dumps(obj, separators=(",", ":"))))
 
-    def send_error(self, error: wire.ProtocolError) -> None:
+    def send_error(self, error: ProtocolError) -> None:
         self.send_json(error.as_ws_frame())
 
 
-def _initial_subscription(params: dict[str, list[str]]) -> wire.Subscribe | wire.ProtocolError | None:
+def _initial_subscription(params: dict[str, list[str]]) -> wire.Subscribe | ProtocolError | None:
     """``?room=R&since=N`` on the URL subscribes at connect, for simple clients."""
     if "room" not in params:
         return None
     try:
         since = params.get("since", [None])[0]
         return wire.Subscribe(wire.parse_room(params["room"][0]), wire.parse_since(since))
-    except wire.ProtocolError as error:
+    except ProtocolError as error:
         return error
 
 
@@ -273,44 +214,23 @@ class ChatWebSocketFactory(WebSocketServerFactory):
 
     def __init__(
         self,
-        store: MessageStore,
-        sessions: SessionCache,
+        hub: RoomHub,
         access_log: AccessLog,
-        send_limiter: SendRateLimiter,
         *,
-        max_connections_per_user: int = 20,
-        max_connections_per_ip: int = 200,
         allowed_origins: Sequence[str] = (),
         max_text_length: int = 4000,
         max_message_size: int = 64 * 1024,
-        max_rooms: int = 50,
-        recent_count: int = 50,
-        page_size: int = 500,
-        max_backlog: int = 1024 * 1024,
         ping_interval: float = 20,
         ping_timeout: float = 20,
     ):
         super().__init__()
-        self.max_backlog = max_backlog
-        self.delivered = 0
-        self.slow_consumers_dropped = 0
-        self._all_closed: list[Deferred[None]] = []
-        self.store = store
-        self.sessions = sessions
+        self.hub = hub
         self.access_log = access_log
-        self.send_limiter = send_limiter
-        self.user_connections = ConnectionLimiter(max_connections_per_user)
-        self.ip_connections = ConnectionLimiter(max_connections_per_ip)
+        self.delivered = 0
+        self._all_closed: list[Deferred[None]] = []
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self.max_text_length = max_text_length
-        self.max_rooms = max_rooms
-        self.recent_count = recent_count
-        self.page_size = page_size
         self.connections: set[ChatWebSocketProtocol] = set()
-        # Connections whose send buffer is over its high-water mark (they paused us).
-        self.paused: set[ChatWebSocketProtocol] = set()
-        self._live: dict[int, set[ChatWebSocketProtocol]] = {}
-        self._catching_up: dict[int, dict[ChatWebSocketProtocol, list[ChatMessage]]] = {}
         # autobahn allows any size and any origin unless told otherwise; origins are checked
         # in check_origin, where the Host header is known.
         self.setProtocolOptions(
@@ -324,12 +244,12 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             # connections do not pile up.
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
-            # Frames are built once and written as they are (text_frame), so no extension
-            # that rewrites frames, such as permessage-deflate, may be negotiated.
+            # Frames are built once and written as they are (frame), so no extension that
+            # rewrites frames, such as permessage-deflate, may be negotiated.
             perMessageCompressionAccept=lambda _offers: None,
         )
 
-    def text_frame(self, text: str) -> bytes:
+    def frame(self, text: str) -> bytes:
         """A server text frame, the same bytes for every connection (no extensions are accepted)."""
         return self.prepareMessage(text.encode()).payloadHybi
 
@@ -356,11 +276,9 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         self.access_log.websocket_opened(protocol)
 
     def connection_closed(self, protocol: ChatWebSocketProtocol, code: int | None) -> None:
+        if protocol not in self.connections:
+            return
         self.connections.discard(protocol)
-        self.paused.discard(protocol)
-        for room_id in protocol.rooms:
-            self.leave(protocol, room_id)
-        protocol.rooms.clear()
         self.access_log.websocket_closed(protocol, code)
         if not self.connections:
             waiters, self._all_closed = self._all_closed, []
@@ -385,71 +303,3 @@ class ChatWebSocketFactory(WebSocketServerFactory):
                 log.exception("closing %s failed", protocol.peer)
                 protocol.dropConnection(abort=True)
         return waiter
-
-    # --- room membership ----------------------------------------------------------------
-
-    def begin_catch_up(self, protocol: ChatWebSocketProtocol, room_id: int) -> None:
-        if room_id not in self._live and room_id not in self._catching_up:
-            self.store.subscribe(room_id, self)
-        self._catching_up.setdefault(room_id, {})[protocol] = []
-
-    def end_catch_up(self, protocol: ChatWebSocketProtocol, room_id: int) -> list[ChatMessage]:
-        waiting = self._catching_up.get(room_id, {})
-        buffered = waiting.pop(protocol, [])
-        if not waiting:
-            self._catching_up.pop(room_id, None)
-        self._live.setdefault(room_id, set()).add(protocol)
-        return buffered
-
-    def leave(self, protocol: ChatWebSocketProtocol, room_id: int) -> None:
-        live = self._live.get(room_id)
-        if live is not None:
-            live.discard(protocol)
-            if not live:
-                del self._live[room_id]
-        waiting = self._catching_up.get(room_id)
-        if waiting is not None:
-            waiting.pop(protocol, None)
-            if not waiting:
-                del self._catching_up[room_id]
-        if room_id not in self._live and room_id not in self._catching_up:
-            self.store.unsubscribe(room_id, self)
-
-    def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._live.values()) + sum(len(w) for w in self._catching_up.values())
-
-    # --- RoomListener -------------------------------------------------------------------
-
-    def messages_published(self, room_id: int, messages: Sequence[ChatMessage]) -> None:
-        if self.paused:
-            self._drop_slow_consumers()
-        live = tuple(self._live.get(room_id, ()))
-        waiting = self._catching_up.get(room_id)
-        for message in messages:
-            if live:
-                frame = self.text_frame(message.json)
-                for protocol in live:
-                    protocol.send_frame(frame)
-                self.delivered += len(live)
-            if waiting:
-                for buffer in waiting.values():
-                    buffer.append(message)
-
-    def _drop_slow_consumers(self) -> None:
-        """Drop connections still too far behind when the next batch arrives.
-
-        A batch is written to the transport in one reactor turn, so a healthy client may be
-        briefly behind by a whole batch; one that has not drained by the next is slow.
-        Memory per connection stays under the limit plus one batch plus the socket buffer.
-        """
-        slow = [p for p in self.paused if p.queued_bytes() > self.max_backlog]
-        for protocol in slow:
-            self.paused.discard(protocol)
-            self.slow_consumers_dropped += 1
-            log.warning("dropping slow consumer %s (%d bytes behind)", protocol.peer, protocol.queued_bytes())
-            protocol.drop_slow_consumer()
-
-    def message_removed(self, room_id: int, message_id: int) -> None:
-        frame = self.text_frame(deleted_event_json(room_id, message_id))
-        for protocol in (*self._live.get(room_id, ()), *self._catching_up.get(room_id, {})):
-            protocol.send_frame(frame)

@@ -1,7 +1,7 @@
 """Parsing and validation of what clients send, shared by the WebSocket and long-poll.
 
-Every failure is a ProtocolError whose code is part of the documented protocol
-(docs/protocol.md); nothing a client sends raises anything else.
+Every failure is a ProtocolError (``errors``) whose code is part of the documented
+protocol (docs/protocol.md); nothing a client sends raises anything else.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ProtocolError
+
 # Ids are JSON numbers; keep them where every client (JavaScript too) reads them exactly.
 MAX_ID = 2**53 - 1
 MAX_NONCE_LENGTH = 64
@@ -18,34 +20,6 @@ MAX_NONCE_LENGTH = 64
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Unicode category Cc (C0 and C1 controls) except tab and newline, and Cs (surrogates).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-class ProtocolError(Exception):
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        nonce: str | None = None,
-        status: int = 400,
-        retry_after: float | None = None,
-    ):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.nonce = nonce
-        self.status = status
-        self.retry_after = retry_after
-
-    def as_ws_frame(self) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
-        if self.nonce is not None:
-            frame["nonce"] = self.nonce
-        if self.retry_after is not None:
-            frame["retry_after"] = self.retry_after
-        return frame
-
-    def as_http_body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +38,6 @@ class Send:
     room: int
     text: str
     nonce: str
-
-
-def rate_limited(retry_after: float, nonce: str | None = None) -> ProtocolError:
-    wait = round(retry_after, 2)
-    return ProtocolError("rate_limited", f"too many messages: retry in {wait}s", nonce, 429, wait)
 
 
 def parse_room(value: Any) -> int:
@@ -117,12 +86,12 @@ def clean_text(value: Any, max_length: int, nonce: str | None = None) -> str:
     if not isinstance(value, str):
         raise ProtocolError("bad_request", "'text' must be a string", nonce)
     if len(value) > max_length * 4:
-        raise ProtocolError("too_large", f"'text' is over {max_length} characters", nonce, 413)
+        raise ProtocolError("too_large", f"'text' is over {max_length} characters", nonce)
     text = _CONTROL.sub("", value).strip()
     if not text:
         raise ProtocolError("bad_request", "'text' is empty", nonce)
     if len(text) > max_length:
-        raise ProtocolError("too_large", f"'text' is over {max_length} characters", nonce, 413)
+        raise ProtocolError("too_large", f"'text' is over {max_length} characters", nonce)
     return text
 
 

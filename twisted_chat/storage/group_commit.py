@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from .messages import ChatMessage
+from ..events import ChatMessage
 
 log = logging.getLogger(__name__)
 

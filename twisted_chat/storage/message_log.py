@@ -1,10 +1,9 @@
-"""The in-memory message store, made durable by the database.
+"""The process-local message log: ids assigned on the reactor thread, made durable by SQL.
 
-All state lives on the reactor thread, so ids need no locks: a room's next id is a plain
-counter, bumped when a message is accepted. A message is published (kept in the room's
-window, handed to listeners, acknowledged) only after the group commit has written it.
-Each room keeps a bounded window of recent messages; older history is read from the
-database.
+A room's next id is a plain counter on the reactor thread, bumped when a message is
+accepted; the group commit writes it; only then is it committed: kept in the room's
+window, handed to the committed listener and acknowledged, in id order. Each room keeps a
+bounded window of recent messages; older history is read from the database.
 """
 
 from __future__ import annotations
@@ -13,58 +12,43 @@ import bisect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
+from ..events import Author, ChatMessage
 from . import archive
 from .group_commit import GroupCommitWriter
-from .messages import Author, ChatMessage
-from .store import RoomInfo, RoomListener, StoreUnavailable, UnknownRoom
+from .interfaces import CommittedListener, RunInThread, StoreUnavailable, UnknownRoom
 
 log = logging.getLogger(__name__)
-
-RunInThread = Callable[..., Deferred[Any]]
 
 
 def _message_id(message: ChatMessage) -> int:
     return message.id
 
 
-class _Room:
+class _RoomLog:
     """One room's in-memory state: counters, the window, and nonces seen recently."""
 
-    __slots__ = (
-        "capacity",
-        "complete_from",
-        "inflight",
-        "info",
-        "last_id",
-        "next_id",
-        "nonces",
-        "pending",
-        "stale",
-        "window",
-    )
+    __slots__ = ("capacity", "complete_from", "inflight", "last_id", "next_id", "nonces", "pending", "window")
 
     def __init__(self, snapshot: archive.RoomSnapshot, capacity: int):
-        self.info: RoomInfo = snapshot.info
         self.next_id = snapshot.last_id
         self.last_id = snapshot.last_id
         self.window: list[ChatMessage] = list(snapshot.recent)
         self.capacity = capacity
-        # Every published message with an id >= complete_from is in the window.
+        # Every committed message with an id >= complete_from is in the window.
         self.complete_from = self.window[0].id if len(self.window) >= capacity else 0
         self.nonces: OrderedDict[tuple[int | None, str], int] = OrderedDict(
             ((m.user_id, m.nonce), m.id) for m in self.window if m.nonce
         )
         self.inflight: dict[tuple[int | None, str], list[Deferred[int]]] = {}
         self.pending = 0
-        self.stale = False
 
-    def publish(self, message: ChatMessage) -> None:
+    def commit(self, message: ChatMessage) -> None:
         self.window.append(message)
         self.last_id = message.id
         if message.nonce:
@@ -86,14 +70,14 @@ class _Room:
         start = bisect.bisect_right(self.window, since, key=_message_id)
         return self.window[start : start + limit]
 
-    def remove(self, message_id: int) -> None:
+    def forget(self, message_id: int) -> None:
         index = bisect.bisect_left(self.window, message_id, key=_message_id)
         if index < len(self.window) and self.window[index].id == message_id:
             del self.window[index]
 
 
-class InMemoryMessageStore:
-    """The MessageStore of a single server process.
+class SqlMessageLog:
+    """The MessageLog of a single server process.
 
     ``run_query`` and ``run_write`` run a blocking archive function in a thread and return
     a Deferred; tests pass synchronous ones.
@@ -104,6 +88,7 @@ class InMemoryMessageStore:
         reactor: Any,
         run_query: RunInThread,
         run_write: RunInThread,
+        on_committed: CommittedListener,
         window: int = 1000,
         max_idle_rooms: int = 1000,
         max_batch: int = 500,
@@ -111,92 +96,72 @@ class InMemoryMessageStore:
         on_batch: Callable[[int, float, float], None] | None = None,
     ):
         self._run_query = run_query
+        self._on_committed = on_committed
         self._window = window
         self._max_idle_rooms = max_idle_rooms
         self._clock = clock
-        self._rooms: OrderedDict[int, _Room] = OrderedDict()
-        self._loading: dict[int, list[Deferred[RoomInfo]]] = {}
-        self._listeners: dict[int, set[RoomListener]] = {}
-        self._acks: dict[tuple[int, int], tuple[_Room, list[Deferred[int]]]] = {}
+        self._rooms: OrderedDict[int, _RoomLog] = OrderedDict()
+        self._loading: dict[int, list[Deferred[_RoomLog]]] = {}
+        self._acks: dict[tuple[int, int], tuple[_RoomLog, list[Deferred[int]]]] = {}
         self._closed = False
         self._on_batch = on_batch
         self.writer = GroupCommitWriter(
             reactor, lambda batch: run_write(archive.write_batch, batch), self._written, max_batch
         )
         self.accepted = 0
-        self.published = 0
+        self.committed = 0
 
     # --- rooms --------------------------------------------------------------------------
 
-    def open_room(self, room_id: int) -> Deferred[RoomInfo]:
+    def _open(self, room_id: int) -> Deferred[_RoomLog]:
         room = self._rooms.get(room_id)
-        if room is not None and not room.stale:
+        if room is not None:
             self._rooms.move_to_end(room_id)
-            return succeed(room.info)
-        waiter: Deferred[RoomInfo] = Deferred()
+            return succeed(room)
+        waiter: Deferred[_RoomLog] = Deferred()
         if room_id in self._loading:
             self._loading[room_id].append(waiter)
             return waiter
         self._loading[room_id] = [waiter]
-        if room is None:
-            query = self._run_query(archive.load_room, room_id, self._window)
-        else:
-            query = self._run_query(archive.load_room_info, room_id)
+        query = self._run_query(archive.load_room, room_id, self._window)
         query.addBoth(self._loaded, room_id)
         return waiter
 
-    def _loaded(self, result: archive.RoomSnapshot | RoomInfo | Failure, room_id: int) -> None:
+    def _loaded(self, result: archive.RoomSnapshot | Failure, room_id: int) -> None:
         waiters = self._loading.pop(room_id)
         if isinstance(result, Failure):
-            if result.check(UnknownRoom):
-                self._rooms.pop(room_id, None)
-            else:
+            if not result.check(UnknownRoom):
                 log.error("loading room %s failed: %s", room_id, result.getErrorMessage())
                 result = Failure(StoreUnavailable("the database did not answer"))
             for waiter in waiters:
                 waiter.errback(result)
             return
-        if isinstance(result, archive.RoomSnapshot):
-            room = _Room(result, self._window)
-            self._rooms[room_id] = room
-            self._evict_idle_rooms()
-        else:
-            room = self._rooms[room_id]
-            room.info, room.stale = result, False
+        room = self._rooms[room_id] = _RoomLog(result, self._window)
+        self._evict_idle_rooms()
         for waiter in waiters:
-            waiter.callback(room.info)
+            waiter.callback(room)
 
     def _evict_idle_rooms(self) -> None:
         excess = len(self._rooms) - self._max_idle_rooms
         if excess <= 0:
             return
-        idle = [
-            room_id
-            for room_id, room in self._rooms.items()
-            if not room.pending and room_id not in self._listeners
-        ]
+        idle = [room_id for room_id, room in self._rooms.items() if not room.pending]
         for room_id in idle[:excess]:
             del self._rooms[room_id]
 
-    def room_changed(self, room_id: int) -> None:
-        room = self._rooms.get(room_id)
-        if room is not None:
-            room.stale = True
-
-    def last_id(self, room_id: int) -> int:
-        room = self._rooms.get(room_id)
-        return room.last_id if room is not None else 0
+    def last_id(self, room_id: int) -> Deferred[int]:
+        return self._open(room_id).addCallback(lambda room: room.last_id)
 
     # --- writing ------------------------------------------------------------------------
 
     def append(self, room_id: int, author: Author, text: str, nonce: str = "") -> Deferred[int]:
         if self._closed:
             return fail(StoreUnavailable("the server is shutting down"))
-        return self.open_room(room_id).addCallback(
-            lambda _: self._accept(self._rooms[room_id], author, text, nonce)
-        )
+        return self._open(room_id).addCallback(self._accept, room_id, author, text, nonce)
 
-    def _accept(self, room: _Room, author: Author, text: str, nonce: str) -> Deferred[int] | int:
+    def _accept(
+        self, room: _RoomLog, room_id: int, author: Author, text: str, nonce: str
+    ) -> Deferred[int] | int:
         key = (author.id, nonce)
         if nonce:
             known = room.nonces.get(key)
@@ -208,7 +173,7 @@ class InMemoryMessageStore:
                 return waiter
         room.next_id += 1
         message = ChatMessage(
-            room=room.info.id,
+            room=room_id,
             id=room.next_id,
             ts=int(self._clock() * 1000),
             user=author.username,
@@ -220,7 +185,7 @@ class InMemoryMessageStore:
         waiters = [ack]
         if nonce:
             room.inflight[key] = waiters
-        self._acks[(message.room, message.id)] = (room, waiters)
+        self._acks[(room_id, message.id)] = (room, waiters)
         room.pending += 1
         self.accepted += 1
         self.writer.submit(message)
@@ -229,7 +194,7 @@ class InMemoryMessageStore:
     def _written(self, batch: list[ChatMessage], outcomes: list[Any] | Failure) -> None:
         if isinstance(outcomes, Failure):
             outcomes = [StoreUnavailable("the message could not be stored")] * len(batch)
-        published: dict[int, list[ChatMessage]] = {}
+        committed: dict[int, list[ChatMessage]] = {}
         replies: list[tuple[list[Deferred[int]], int | Exception]] = []
         for message, outcome in zip(batch, outcomes, strict=True):
             room, waiters = self._acks.pop((message.room, message.id))
@@ -238,17 +203,20 @@ class InMemoryMessageStore:
             if message.nonce:
                 room.inflight.pop(key, None)
             if outcome is archive.STORED:
-                room.publish(message)
-                published.setdefault(message.room, []).append(message)
+                room.commit(message)
+                committed.setdefault(message.room, []).append(message)
                 replies.append((waiters, message.id))
             elif isinstance(outcome, archive.Duplicate):
                 room.remember_nonce(key, outcome.message_id)
                 replies.append((waiters, outcome.message_id))
             else:
                 replies.append((waiters, outcome))
-        for room_id, messages in published.items():
-            self.published += len(messages)
-            self._notify(room_id, "messages_published", messages)
+        for room_id, messages in committed.items():
+            self.committed += len(messages)
+            try:
+                self._on_committed(room_id, messages)
+            except Exception:
+                log.exception("handing on the messages of room %s failed", room_id)
         if self._on_batch is not None:
             oldest = batch[0].ts / 1000
             self._on_batch(len(batch), self.writer.last_commit_seconds, self._clock() - oldest)
@@ -259,18 +227,10 @@ class InMemoryMessageStore:
                 else:
                     waiter.callback(reply)
 
-    def _notify(self, room_id: int, method: str, arg: Sequence[ChatMessage] | int) -> None:
-        for listener in list(self._listeners.get(room_id, ())):
-            try:
-                getattr(listener, method)(room_id, arg)
-            except Exception:
-                log.exception("listener %r failed on room %s", listener, room_id)
-
-    def remove(self, room_id: int, message_id: int) -> None:
+    def forget(self, room_id: int, message_id: int) -> None:
         room = self._rooms.get(room_id)
         if room is not None:
-            room.remove(message_id)
-        self._notify(room_id, "message_removed", message_id)
+            room.forget(message_id)
 
     def close(self) -> Deferred[None]:
         self._closed = True
@@ -279,39 +239,25 @@ class InMemoryMessageStore:
     # --- reading ------------------------------------------------------------------------
 
     def read_after(self, room_id: int, since: int, limit: int) -> Deferred[list[ChatMessage]]:
-        return self.open_room(room_id).addCallback(lambda _: self._read_after(room_id, since, limit))
+        return self._open(room_id).addCallback(self._read_after, room_id, since, limit)
 
-    def _read_after(self, room_id: int, since: int, limit: int):
-        room = self._rooms[room_id]
+    def _read_after(self, room: _RoomLog, room_id: int, since: int, limit: int) -> Any:
         if room.covers(since):
             return room.after(since, limit)
-        return self._query_published(room, archive.read_after, room_id, since, limit)
+        return self._query_committed(room, archive.read_after, room_id, since, limit)
 
     def read_latest(self, room_id: int, limit: int) -> Deferred[list[ChatMessage]]:
-        return self.open_room(room_id).addCallback(lambda _: self._read_latest(room_id, limit))
+        return self._open(room_id).addCallback(self._read_latest, room_id, limit)
 
-    def _read_latest(self, room_id: int, limit: int):
-        room = self._rooms[room_id]
+    def _read_latest(self, room: _RoomLog, room_id: int, limit: int) -> Any:
         if len(room.window) >= limit or room.complete_from == 0:
             return room.window[-limit:]
-        return self._query_published(room, archive.read_latest, room_id, limit)
+        return self._query_committed(room, archive.read_latest, room_id, limit)
 
-    def _query_published(self, room: _Room, fn: Callable[..., list[ChatMessage]], *args: Any):
-        # The database may already hold a batch the reactor has not published yet; readers
-        # must not see it before the listeners do.
-        def published_only(messages: list[ChatMessage]) -> list[ChatMessage]:
+    def _query_committed(self, room: _RoomLog, fn: Callable[..., list[ChatMessage]], *args: Any) -> Any:
+        # The database may already hold a batch the reactor has not handed on yet; readers
+        # must not see it before the broker's subscribers do.
+        def committed_only(messages: list[ChatMessage]) -> list[ChatMessage]:
             return [m for m in messages if m.id <= room.last_id]
 
-        return self._run_query(fn, *args).addCallback(published_only)
-
-    # --- listeners ----------------------------------------------------------------------
-
-    def subscribe(self, room_id: int, listener: RoomListener) -> None:
-        self._listeners.setdefault(room_id, set()).add(listener)
-
-    def unsubscribe(self, room_id: int, listener: RoomListener) -> None:
-        listeners = self._listeners.get(room_id)
-        if listeners is not None:
-            listeners.discard(listener)
-            if not listeners:
-                del self._listeners[room_id]
+        return self._run_query(fn, *args).addCallback(committed_only)

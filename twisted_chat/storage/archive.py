@@ -13,13 +13,12 @@ from django.db.models import Max
 
 from chat.models import ChatRoom, Message
 
-from .messages import ChatMessage
-from .store import RoomInfo, UnknownRoom
+from ..events import ChatMessage
+from .interfaces import RoomInfo, UnknownRoom
 
 
 @dataclass(frozen=True, slots=True)
 class RoomSnapshot:
-    info: RoomInfo
     last_id: int
     recent: list[ChatMessage]
 
@@ -63,13 +62,14 @@ def load_room_info(room_id: int) -> RoomInfo:
 
 
 def load_room(room_id: int, window: int) -> RoomSnapshot:
-    """What the store needs to serve a room: who may see it, its newest id, recent messages."""
-    info = load_room_info(room_id)
-    high_water = ChatRoom.objects.filter(pk=room_id).values_list("last_message_id", flat=True)[0]
+    """What the message log needs to serve a room: its newest id and recent messages."""
+    high_water = ChatRoom.objects.filter(pk=room_id).values_list("last_message_id", flat=True).first()
+    if high_water is None:
+        raise UnknownRoom(room_id)
     rows = Message.objects.filter(room_id=room_id).order_by("-seq").only(*_FIELDS)[:window]
     recent = [_to_chat_message(row) for row in reversed(rows)]
     newest = Message.objects.filter(room_id=room_id).aggregate(m=Max("seq"))["m"] or 0
-    return RoomSnapshot(info, max(high_water, newest), recent)
+    return RoomSnapshot(max(high_water, newest), recent)
 
 
 def read_after(room_id: int, since: int, limit: int) -> list[ChatMessage]:

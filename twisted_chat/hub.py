@@ -1,0 +1,491 @@
+"""The room core: one place for what every transport does with rooms.
+
+A transport (WebSocket, long-poll) parses and frames; everything else happens here:
+who the client is and whether it may connect, sending (session, rate limit, access, in
+order per client), joining a room (access, cursor, catch-up merged with live events
+without gap or overlap), leaving, and taking rights away from clients already connected.
+
+The hub is the broker's only handler for a room, however many clients and transports
+listen to it. Each client's state in a room is a ``Subscription`` that goes
+LOADING -> CATCHING_UP -> LIVE and ends GONE; every callback checks that its subscription
+is still the client's current one, so a quick unsubscribe or re-subscribe never leaves a
+stale one behind.
+
+Everything here runs on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from .errors import ProtocolError, as_protocol_error, no_such_room, rate_limited
+from .events import Author, ChatMessage, MessageDeleted, RoomEvent
+from .limits import ConnectionLimits, SendRateLimiter
+from .sessions import SessionCache
+from .storage.interfaces import Broker, MessageLog, RoomDirectory, RoomInfo, UnknownRoom
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Identity:
+    """Who is on the other end, as their cookies and address say.
+
+    ``browser_key`` is the CSRF cookie: it names the browser even when it has no session,
+    so a login in another tab can find the pages that browser has open.
+    """
+
+    peer: str
+    session_key: str | None = None
+    browser_key: str | None = None
+    author: Author | None = None
+
+
+class ClientSink(Protocol):
+    """What a transport does with what the hub tells one client."""
+
+    def subscribed(self, room_id: int, last: int) -> None:
+        """The subscription exists; ``last`` is the room's newest id. Catch-up follows."""
+
+    def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
+        """Events in order: catch-up first, then live ones, never a message twice."""
+
+    def caught_up(self, room_id: int) -> None:
+        """Everything up to now is delivered; what follows is live."""
+
+    def subscribe_failed(self, room_id: int, error: ProtocolError) -> None:
+        """A subscribe did not succeed (no such room, storage down)."""
+
+    def subscription_ended(self, room_id: int, error: ProtocolError) -> None:
+        """The server ended a subscription: the room went away or became unreadable."""
+
+    def session_ended(self) -> None:
+        """The session changed (logout, login, deactivation): reconnect with the current
+        cookie. The client has already left every room."""
+
+    def queued_bytes(self) -> int:
+        """Bytes written but not yet taken by the network."""
+
+    def drop_slow(self) -> None:
+        """Too far behind: end the connection; the client resumes with ``since``."""
+
+
+class SubscriptionState(enum.Enum):
+    LOADING = "loading"
+    CATCHING_UP = "catching up"
+    LIVE = "live"
+    GONE = "gone"
+
+
+class Subscription:
+    __slots__ = ("buffer", "client", "room_id", "since", "state")
+
+    def __init__(self, client: Client, room_id: int, since: int | None):
+        self.client = client
+        self.room_id = room_id
+        self.since = since
+        self.state = SubscriptionState.LOADING
+        # Live events that arrive while catching up, delivered after the history.
+        self.buffer: list[RoomEvent] = []
+
+    @property
+    def current(self) -> bool:
+        return self.state is not SubscriptionState.GONE
+
+
+class Client:
+    """One connection (a WebSocket, a parked poll) as the hub sees it."""
+
+    def __init__(self, hub: RoomHub, sink: ClientSink, identity: Identity, release: Callable[[], None]):
+        self.hub = hub
+        self.sink = sink
+        self.identity = identity
+        self.subscriptions: dict[int, Subscription] = {}
+        self.closed = False
+        self._release = release
+        self._sends: Deferred[None] = succeed(None)
+
+    def subscribe(self, room_id: int, since: int | None) -> None:
+        self.hub.join(self, room_id, since)
+
+    def unsubscribe(self, room_id: int) -> None:
+        subscription = self.subscriptions.get(room_id)
+        if subscription is not None:
+            self.hub.leave(subscription)
+
+    def send(self, room_id: int, text: str, nonce: str) -> Deferred[int]:
+        """Fires with the message id once committed.
+
+        Sends are accepted one after another, so a client's messages keep its order: the
+        next is looked at only once the previous one has its id (or has failed).
+        """
+        ack: Deferred[int] = Deferred()
+
+        def run(_: object) -> Deferred[None]:
+            return self.hub.accept_send(self, room_id, text, nonce, ack)
+
+        self._sends.addCallback(run)
+        return ack
+
+    def paused(self) -> None:
+        """The transport's buffer is full: the hub checks it on the next fan-out."""
+        if not self.closed:
+            self.hub.paused.add(self)
+
+    def resumed(self) -> None:
+        self.hub.paused.discard(self)
+
+    def close(self) -> None:
+        """The connection is gone: leave every room and give back its connection slot."""
+        if self.closed:
+            return
+        self.closed = True
+        for subscription in list(self.subscriptions.values()):
+            self.hub.leave(subscription)
+        self.hub.forget(self)
+        self._release()
+
+
+class _Room:
+    """The hub's clients in one room."""
+
+    __slots__ = ("catching_up", "live", "ready")
+
+    def __init__(self, ready: Deferred[None]):
+        self.ready = ready
+        self.catching_up: set[Subscription] = set()
+        self.live: dict[Subscription, ClientSink] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.catching_up or self.live)
+
+
+class RoomHub:
+    def __init__(
+        self,
+        directory: RoomDirectory,
+        message_log: MessageLog,
+        broker: Broker,
+        sessions: SessionCache,
+        send_limiter: SendRateLimiter,
+        connection_limits: ConnectionLimits,
+        *,
+        max_rooms_per_client: int = 50,
+        recent_count: int = 50,
+        page_size: int = 500,
+        max_backlog: int = 1024 * 1024,
+    ):
+        self.directory = directory
+        self.log = message_log
+        self.broker = broker
+        self.sessions = sessions
+        self.send_limiter = send_limiter
+        self.connection_limits = connection_limits
+        self.max_rooms_per_client = max_rooms_per_client
+        self.recent_count = recent_count
+        self.page_size = page_size
+        self.max_backlog = max_backlog
+        self.paused: set[Client] = set()
+        self.slow_consumers_dropped = 0
+        self._rooms: dict[int, _Room] = {}
+        self._by_session: dict[str, set[Client]] = {}
+        self._by_browser: dict[str, set[Client]] = {}
+        self._by_user: dict[int, set[Client]] = {}
+        directory.watch(self.room_changed)
+
+    # --- clients ------------------------------------------------------------------------
+
+    def authenticate(self, session_key: str | None) -> Deferred[Author | None]:
+        return self.sessions.author(session_key)
+
+    def connect(self, sink: ClientSink, identity: Identity) -> Client:
+        """Admit a connection; raises ProtocolError ``too_many_connections``."""
+        author_id = identity.author.id if identity.author is not None else None
+        release = self.connection_limits.admit(identity.peer, author_id)
+        client = Client(self, sink, identity, release)
+        for index, key in self._index_keys(client):
+            index.setdefault(key, set()).add(client)
+        return client
+
+    def forget(self, client: Client) -> None:
+        self.paused.discard(client)
+        for index, key in self._index_keys(client):
+            clients = index.get(key)
+            if clients is not None:
+                clients.discard(client)
+                if not clients:
+                    del index[key]
+
+    def _index_keys(self, client: Client) -> list[tuple[dict[Any, set[Client]], Any]]:
+        identity = client.identity
+        keys: list[tuple[dict[Any, set[Client]], Any]] = []
+        if identity.session_key:
+            keys.append((self._by_session, identity.session_key))
+        if identity.browser_key:
+            keys.append((self._by_browser, identity.browser_key))
+        if identity.author is not None:
+            keys.append((self._by_user, identity.author.id))
+        return keys
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(room.catching_up) + len(room.live) for room in self._rooms.values())
+
+    # --- sending ------------------------------------------------------------------------
+
+    def accept_send(
+        self, client: Client, room_id: int, text: str, nonce: str, ack: Deferred[int]
+    ) -> Deferred[None]:
+        """Check a client's send and hand it to the log; ``ack`` gets the outcome.
+
+        Fires (with None) once the log has the message, or once it was refused: that is
+        when the client's next send may be looked at.
+        """
+        d = self.sessions.author(client.identity.session_key)
+
+        def append(author: Author | None) -> Deferred[None]:
+            return self.post(author, room_id, text, nonce, ack)
+
+        d.addCallback(append)
+        d.addErrback(lambda failure: ack.errback(failure))
+        return d
+
+    def post(
+        self, author: Author | None, room_id: int, text: str, nonce: str, ack: Deferred[int]
+    ) -> Deferred[None]:
+        """Send as ``author``, already authenticated; as ``accept_send``."""
+        reply_nonce = nonce or None
+        if author is None:
+            ack.errback(Failure(ProtocolError("not_authenticated", "log in to post", reply_nonce)))
+            return succeed(None)
+        wait = self.send_limiter.retry_after(author.id)
+        if wait:
+            ack.errback(Failure(rate_limited(wait, reply_nonce)))
+            return succeed(None)
+
+        def append(info: RoomInfo) -> None:
+            if not info.readable_by(author):
+                raise UnknownRoom(room_id)
+            self.log.append(room_id, author, text, nonce).chainDeferred(ack)
+
+        d = self.directory.get(room_id).addCallback(append)
+        d.addErrback(lambda failure: ack.errback(failure))
+        return d
+
+    # --- joining and leaving ------------------------------------------------------------
+
+    def join(self, client: Client, room_id: int, since: int | None) -> None:
+        """Subscribe; a second subscribe to the same room starts that room over."""
+        if client.closed:
+            return
+        old = client.subscriptions.get(room_id)
+        if old is not None:
+            self.leave(old)
+        elif len(client.subscriptions) >= self.max_rooms_per_client:
+            error = ProtocolError(
+                "too_many_rooms", f"at most {self.max_rooms_per_client} rooms per connection", room=room_id
+            )
+            client.sink.subscribe_failed(room_id, error)
+            return
+        subscription = client.subscriptions[room_id] = Subscription(client, room_id, since)
+        d = self.directory.get(room_id)
+        d.addCallback(self._readable, subscription)
+        d.addCallback(self._attach, subscription)
+        d.addCallback(self._catch_up, subscription)
+        d.addErrback(self._failed, subscription)
+
+    def _readable(self, info: RoomInfo, subscription: Subscription) -> None:
+        if not info.readable_by(subscription.client.identity.author):
+            raise UnknownRoom(info.id)
+
+    def _attach(self, _: None, subscription: Subscription) -> Deferred[int] | None:
+        """Start buffering the room's live events, then learn where the room is."""
+        if not subscription.current:
+            return None
+        room_id = subscription.room_id
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = _Room(self.broker.subscribe(room_id, self._publish))
+        room.catching_up.add(subscription)
+        subscription.state = SubscriptionState.CATCHING_UP
+        # Only events published after the broker has the subscription reach the buffer, so
+        # the history is read after that.
+        ready: Deferred[None] = Deferred()
+        room.ready.addBoth(_pass_on, ready)
+        return ready.addCallback(lambda _: self.log.last_id(room_id))
+
+    def _catch_up(self, last: int | None, subscription: Subscription) -> Deferred[Any] | None:
+        if last is None or not subscription.current:
+            return None
+        client, room_id = subscription.client, subscription.room_id
+        client.sink.subscribed(room_id, last)
+        if subscription.since is None:
+            latest = self.log.read_latest(room_id, self.recent_count)
+            return latest.addCallback(self._caught_up, subscription, 0)
+        since = min(subscription.since, last)
+        return self.log.read_after(room_id, since, self.page_size).addCallback(
+            self._page, subscription, since
+        )
+
+    def _page(
+        self, messages: list[ChatMessage], subscription: Subscription, cursor: int
+    ) -> Deferred[Any] | None:
+        if not subscription.current:
+            return None
+        if len(messages) < self.page_size:
+            return self._caught_up(messages, subscription, cursor)
+        subscription.client.sink.deliver(subscription.room_id, messages)
+        cursor = messages[-1].id
+        more = self.log.read_after(subscription.room_id, cursor, self.page_size)
+        return more.addCallback(self._page, subscription, cursor)
+
+    def _caught_up(self, messages: list[ChatMessage], subscription: Subscription, cursor: int) -> None:
+        """The last page, then what arrived meanwhile, then live."""
+        if not subscription.current:
+            return
+        events: list[RoomEvent] = list(messages)
+        if messages:
+            cursor = messages[-1].id
+        for event in subscription.buffer:
+            if not isinstance(event, ChatMessage) or event.id > cursor:
+                events.append(event)
+        subscription.buffer = []
+        room = self._rooms[subscription.room_id]
+        room.catching_up.discard(subscription)
+        sink = subscription.client.sink
+        room.live[subscription] = sink
+        subscription.state = SubscriptionState.LIVE
+        if events:
+            sink.deliver(subscription.room_id, events)
+        if subscription.current:
+            sink.caught_up(subscription.room_id)
+
+    def _failed(self, failure: Failure, subscription: Subscription) -> None:
+        if not subscription.current:
+            return
+        self.leave(subscription)
+        error = as_protocol_error(failure, room=subscription.room_id)
+        subscription.client.sink.subscribe_failed(subscription.room_id, error)
+
+    def leave(self, subscription: Subscription) -> None:
+        if not subscription.current:
+            return
+        subscription.state = SubscriptionState.GONE
+        client, room_id = subscription.client, subscription.room_id
+        if client.subscriptions.get(room_id) is subscription:
+            del client.subscriptions[room_id]
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        room.catching_up.discard(subscription)
+        room.live.pop(subscription, None)
+        if not room:
+            del self._rooms[room_id]
+            self.broker.unsubscribe(room_id, self._publish)
+
+    # --- live events ----------------------------------------------------------------------
+
+    def _publish(self, room_id: int, events: Sequence[RoomEvent]) -> None:
+        """The broker's handler: hand a room's events to every client in it."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        if self.paused:
+            self._drop_slow_consumers()
+        for subscription in room.catching_up:
+            subscription.buffer.extend(events)
+        for sink in tuple(room.live.values()):
+            sink.deliver(room_id, events)
+
+    def _drop_slow_consumers(self) -> None:
+        """Drop clients still too far behind when the next batch arrives.
+
+        A batch is written in one reactor turn, so a healthy client may be briefly behind
+        by a whole batch; one that has not drained by the next is slow. Memory per client
+        stays under the limit plus one batch plus the socket buffer.
+        """
+        for client in [c for c in self.paused if c.sink.queued_bytes() > self.max_backlog]:
+            self.paused.discard(client)
+            self.slow_consumers_dropped += 1
+            log.warning("dropping a slow consumer (%d bytes behind)", client.sink.queued_bytes())
+            client.close()
+            client.sink.drop_slow()
+
+    def message_deleted(self, room_id: int, message_id: int) -> None:
+        """An admin deleted a message: leave it out of history and tell the room."""
+        self.log.forget(room_id, message_id)
+        self.broker.publish(room_id, [MessageDeleted(room_id, message_id)])
+
+    # --- taking rights away ---------------------------------------------------------------
+
+    def room_changed(self, room_id: int) -> None:
+        """Re-check every client in a room that was edited, deleted or lost members."""
+        if room_id not in self._rooms:
+            return
+        self.directory.get(room_id).addCallbacks(
+            self._recheck_room, self._room_gone, callbackArgs=(room_id,), errbackArgs=(room_id,)
+        )
+
+    def _recheck_room(self, info: RoomInfo, room_id: int) -> None:
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        for subscription in [*room.catching_up, *room.live]:
+            if not info.readable_by(subscription.client.identity.author):
+                self._end(subscription)
+
+    def _room_gone(self, failure: Failure, room_id: int) -> None:
+        if not failure.check(UnknownRoom):
+            log.error("re-checking room %s failed: %s", room_id, failure.getErrorMessage())
+            return
+        room = self._rooms.get(room_id)
+        if room is not None:
+            for subscription in [*room.catching_up, *room.live]:
+                self._end(subscription)
+
+    def _end(self, subscription: Subscription) -> None:
+        self.leave(subscription)
+        subscription.client.sink.subscription_ended(subscription.room_id, no_such_room(subscription.room_id))
+
+    def session_ended(self, session_key: str | None = None, browser_key: str | None = None) -> None:
+        """A browser logged out or in: its open connections start over with its new cookie."""
+        clients: set[Client] = set()
+        if session_key:
+            self.sessions.forget(session_key)
+            clients |= self._by_session.get(session_key, set())
+        if browser_key:
+            clients |= self._by_browser.get(browser_key, set())
+        for client in clients:
+            self._end_session(client)
+
+    def user_changed(self, user_id: int) -> None:
+        """A user was edited or deleted: clients whose session no longer names them start over."""
+        self.sessions.forget_user(user_id)
+        for client in list(self._by_user.get(user_id, ())):
+            self.sessions.author(client.identity.session_key).addCallback(self._recheck_user, client)
+
+    def _recheck_user(self, author: Author | None, client: Client) -> None:
+        if author != client.identity.author:
+            self._end_session(client)
+
+    def _end_session(self, client: Client) -> None:
+        if client.closed:
+            return
+        client.close()
+        client.sink.session_ended()
+
+
+def _pass_on(result: Any, waiter: Deferred[None]) -> Any:
+    """Fire ``waiter`` from a Deferred that several subscriptions share, leaving it as it was."""
+    if isinstance(result, Failure):
+        waiter.errback(result)
+    else:
+        waiter.callback(None)
+    return result

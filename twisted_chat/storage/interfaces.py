@@ -1,0 +1,120 @@
+"""The storage a room core needs, as four small interfaces.
+
+Every method is called on the reactor thread, and every callback and listener runs there.
+Each interface has a process-local implementation here; a shared backend (Redis) gives
+the same contracts, which ``tests/test_storage_contract.py`` checks for every backend.
+
+- ``RoomDirectory``: which rooms exist and who may read them.
+- ``MessageLog``: durable, ordered messages per room; it assigns ids.
+- ``Broker``: hands committed events to every subscriber of a room, in order.
+- ``Presence``: who is in a room, as entries that expire unless refreshed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from chat.models import room_readable
+
+from ..events import Author, ChatMessage, RoomEvent
+
+RunInThread = Callable[..., Deferred[Any]]
+"""Runs a blocking function in a thread pool; fires on the reactor thread with its result."""
+
+
+class UnknownRoom(Exception):
+    """The room does not exist (or no longer does)."""
+
+
+class StoreUnavailable(Exception):
+    """The storage could not do what was asked; nothing was accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    id: int
+    name: str
+    is_private: bool = False
+    member_ids: frozenset[int] = frozenset()
+
+    def readable_by(self, author: Author | None) -> bool:
+        """The rule the Django pages use too (``ChatRoom.is_visible_to``)."""
+        return room_readable(self.is_private, author is not None and author.id in self.member_ids)
+
+
+class RoomDirectory(Protocol):
+    def get(self, room_id: int) -> Deferred[RoomInfo]:
+        """The room as it is now; fails with UnknownRoom, or StoreUnavailable."""
+
+    def room_changed(self, room_id: int) -> None:
+        """The room was edited, deleted or had its members changed: forget what is known of
+        it, then tell every watcher (who reads it again with ``get``)."""
+
+    def watch(self, watcher: Callable[[int], None]) -> None:
+        """Call ``watcher(room_id)`` after every change of a room, in this and (for a shared
+        backend) every other process."""
+
+
+CommittedListener = Callable[[int, Sequence[ChatMessage]], None]
+
+
+class MessageLog(Protocol):
+    """Messages in a room have ids that grow strictly in the order they are committed.
+
+    The log is given a ``CommittedListener`` when it is built. It calls it once per room
+    per commit, with that room's new messages in id order, after they are durable and
+    before any of their ``append`` Deferreds fire; the room core hands them to the broker.
+    """
+
+    def last_id(self, room_id: int) -> Deferred[int]:
+        """The newest committed id (0 when empty); fails with UnknownRoom."""
+
+    def append(self, room_id: int, author: Author, text: str, nonce: str = "") -> Deferred[int]:
+        """Fires with the message's id once it is committed and handed on.
+
+        A repeated (author, nonce) in a room fires with the first message's id and adds
+        nothing. Fails with StoreUnavailable when the message could not be made durable.
+        """
+
+    def read_after(self, room_id: int, since: int, limit: int) -> Deferred[list[ChatMessage]]:
+        """Committed messages with id > since, oldest first, at most limit."""
+
+    def read_latest(self, room_id: int, limit: int) -> Deferred[list[ChatMessage]]:
+        """The newest committed messages, oldest first."""
+
+    def forget(self, room_id: int, message_id: int) -> None:
+        """A message was deleted from the database: leave it out of every later read."""
+
+    def close(self) -> Deferred[None]:
+        """Finish writing everything accepted; accept no more."""
+
+
+RoomHandler = Callable[[int, Sequence[RoomEvent]], None]
+
+
+class Broker(Protocol):
+    """Fan-out of committed events. A handler gets each room's events in the order they
+    were published, each exactly once, from the moment its ``subscribe`` has fired."""
+
+    def subscribe(self, room_id: int, handler: RoomHandler) -> Deferred[None]:
+        """Fires once events published from now on will reach ``handler``."""
+
+    def unsubscribe(self, room_id: int, handler: RoomHandler) -> None: ...
+
+    def publish(self, room_id: int, events: Sequence[RoomEvent]) -> None:
+        """Hand events, in order, to the room's handlers."""
+
+
+class Presence(Protocol):
+    """Entries per room that vanish ``ttl`` seconds after they were last set."""
+
+    def set(self, room_id: int, key: str, value: Any, ttl: float) -> None: ...
+
+    def remove(self, room_id: int, key: str) -> None: ...
+
+    def entries(self, room_id: int) -> Deferred[dict[str, Any]]:
+        """The room's live entries by key."""
