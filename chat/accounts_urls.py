@@ -4,4 +4,5 @@ from . import views
 
 urlpatterns = [
     path("signup/", views.signup, name="signup"),
+    path("session/", views.session_state, name="session_state"),
 ]

@@ -4,8 +4,9 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from .models import ChatRoom
@@ -46,3 +47,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         login(request, form.save())
         return redirect("chat:room_list")
     return render(request, "registration/signup.html", {"form": form})
+
+
+@never_cache
+def session_state(request: HttpRequest) -> JsonResponse:
+    """Who this browser is now: an open page asks after its session changed elsewhere."""
+    user = request.user.get_username() if request.user.is_authenticated else None
+    return JsonResponse({"user": user})

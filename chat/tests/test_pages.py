@@ -98,3 +98,11 @@ def test_admin_manages_rooms_and_cannot_add_messages(admin_client):
     )
     assert response.status_code == 302
     assert ChatRoom.objects.filter(name="Created in admin").exists()
+
+
+def test_session_state_says_who_the_browser_is_now(client, alice):
+    response = client.get(reverse("session_state"))
+    assert response.json() == {"user": None}
+    assert "no-cache" in response["Cache-Control"]
+    client.force_login(alice)
+    assert client.get(reverse("session_state")).json() == {"user": "alice"}
