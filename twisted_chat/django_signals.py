@@ -9,18 +9,21 @@
   the clients of that user or session are checked again.
 
 Signals fire in whichever thread ran the ORM call (a WSGI thread for the admin and the
-login pages); the hub lives on the reactor thread, so every notice crosses with
+login pages), inside its transaction; the hub reads the database again on the reactor
+thread's behalf, so every notice waits for the commit, then crosses with
 ``callFromThread``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.contrib.sessions.models import Session
+from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from chat.models import ChatRoom, Message
@@ -30,11 +33,16 @@ from .storage.interfaces import RoomDirectory
 
 
 def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
-    def message_deleted(sender: Any, instance: Message, **kwargs: Any) -> None:
-        reactor.callFromThread(hub.message_deleted, instance.room_id, instance.seq)
+    def tell(fn: Callable[..., None], *args: Any) -> None:
+        transaction.on_commit(lambda: reactor.callFromThread(fn, *args))
+
+    def message_deleted(sender: Any, instance: Message, origin: Any = None, **kwargs: Any) -> None:
+        if isinstance(origin, ChatRoom):
+            return  # the room's deletion ends its subscriptions; no event per message first
+        tell(hub.message_deleted, instance.room_id, instance.seq)
 
     def room_changed(sender: Any, instance: ChatRoom, **kwargs: Any) -> None:
-        reactor.callFromThread(directory.room_changed, instance.pk)
+        tell(directory.room_changed, instance.pk)
 
     def members_changed(
         sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
@@ -51,21 +59,21 @@ def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
         else:
             return
         for room_id in rooms:
-            reactor.callFromThread(directory.room_changed, room_id)
+            tell(directory.room_changed, room_id)
 
     def browser_changed(sender: Any, request: Any, **kwargs: Any) -> None:
         # The cookies the browser came with: the session and CSRF token it had before.
         session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         browser_key = request.COOKIES.get(settings.CSRF_COOKIE_NAME)
-        reactor.callFromThread(hub.session_ended, session_key, browser_key)
+        tell(hub.session_ended, session_key, browser_key)
 
     def user_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
         if update_fields is not None and set(update_fields) <= {"last_login"}:
             return  # every login saves this; the login itself is handled above
-        reactor.callFromThread(hub.user_changed, instance.pk)
+        tell(hub.user_changed, instance.pk)
 
     def session_deleted(sender: Any, instance: Session, **kwargs: Any) -> None:
-        reactor.callFromThread(hub.session_ended, instance.session_key, None)
+        tell(hub.session_ended, instance.session_key, None)
 
     user_model = get_user_model()
     post_delete.connect(message_deleted, sender=Message, weak=False, dispatch_uid="chat-hub-message")
