@@ -12,11 +12,11 @@ import pytest
 from django.contrib.auth.models import User
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
+
+from chat.models import ChatRoom, Message
 from twisted_chat.events import Author
 from twisted_chat.storage.interfaces import StoreUnavailable
 from twisted_chat.storage.message_log import SqlMessageLog
-
-from chat.models import ChatRoom, Message
 
 pytestmark = pytest.mark.django_db
 

@@ -14,6 +14,8 @@ import pytest
 from django.contrib.auth.models import User
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
+
+from chat.models import ChatRoom
 from twisted_chat.events import Author, ChatMessage, MessageDeleted
 from twisted_chat.storage import Storage
 from twisted_chat.storage.directory import LocalRoomDirectory
@@ -21,8 +23,6 @@ from twisted_chat.storage.interfaces import RoomInfo, UnknownRoom
 from twisted_chat.storage.memory_broker import LocalBroker
 from twisted_chat.storage.memory_presence import LocalPresence
 from twisted_chat.storage.message_log import SqlMessageLog
-
-from chat.models import ChatRoom
 
 pytestmark = pytest.mark.django_db
 

@@ -12,9 +12,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .storage import archive
 from .http_json import json_body
 from .site import can_answer
+from .storage import archive
 
 
 class HealthResource(Resource):
