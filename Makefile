@@ -1,4 +1,5 @@
-# One command each: `make run` starts the server, `make test` runs every test.
+# One command each: `make run` starts the server, `make test` runs every test, `make lint`
+# checks style and types.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip install --quiet --disable-pip-version-check
 export DJANGO_DEBUG ?= 1
@@ -39,3 +40,4 @@ test-postgres:
 lint: install-dev
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy

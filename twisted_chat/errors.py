@@ -85,9 +85,8 @@ def rate_limited(wait: float, nonce: str | None = None) -> ProtocolError:
 
 def as_protocol_error(failure: Failure, nonce: str | None = None, room: int | None = None) -> ProtocolError:
     """The documented error for whatever went wrong; unexpected ones are logged."""
-    if failure.check(ProtocolError):
-        error: ProtocolError = failure.value
-        return error
+    if isinstance(failure.value, ProtocolError):
+        return failure.value
     if failure.check(UnknownRoom):
         return no_such_room(room, nonce)
     if failure.check(StoreUnavailable):

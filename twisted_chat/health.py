@@ -39,7 +39,8 @@ class HealthResource(Resource):
         _respond(request, json_body(request, {"status": "ok", **self._stats()}))
 
     def _unhealthy(self, failure: Failure, request: Request) -> None:
-        reason = f"database: {failure.getErrorMessage() or failure.type.__name__}"
+        what = failure.getErrorMessage() or getattr(failure.type, "__name__", "error")
+        reason = f"database: {what}"
         _respond(request, json_body(request, {"status": "unavailable", "reason": reason}, 503))
 
 

@@ -248,14 +248,12 @@ class RoomHub:
         Fires (with None) once the log has the message, or once it was refused: that is
         when the client's next send may be looked at.
         """
-        d = self.sessions.author(client.identity.session_key)
 
         def append(author: Author | None) -> Deferred[None]:
             return self.post(author, room_id, text, nonce, ack)
 
-        d.addCallback(append)
-        d.addErrback(lambda failure: ack.errback(failure))
-        return d
+        d = self.sessions.author(client.identity.session_key).addCallback(append)
+        return d.addErrback(ack.errback)
 
     def post(
         self, author: Author | None, room_id: int, text: str, nonce: str, ack: Deferred[int]
@@ -275,9 +273,7 @@ class RoomHub:
                 raise UnknownRoom(room_id)
             self.log.append(room_id, author, text, nonce).chainDeferred(ack)
 
-        d = self.directory.get(room_id).addCallback(append)
-        d.addErrback(lambda failure: ack.errback(failure))
-        return d
+        return self.directory.get(room_id).addCallback(append).addErrback(ack.errback)
 
     # --- joining and leaving ------------------------------------------------------------
 
@@ -295,20 +291,23 @@ class RoomHub:
             client.sink.subscribe_failed(room_id, error)
             return
         subscription = client.subscriptions[room_id] = Subscription(client, room_id, since)
-        d = self.directory.get(room_id)
-        d.addCallback(self._readable, subscription)
-        d.addCallback(self._attach, subscription)
-        d.addCallback(self._catch_up, subscription)
-        d.addErrback(self._failed, subscription)
+        (
+            self.directory.get(room_id)
+            .addCallback(self._readable, subscription)
+            .addCallback(self._attach, subscription)
+            .addCallback(self._catch_up, subscription)
+            .addErrback(self._failed, subscription)
+        )
 
     def _readable(self, info: RoomInfo, subscription: Subscription) -> None:
         if not info.readable_by(subscription.client.identity.author):
             raise UnknownRoom(info.id)
 
-    def _attach(self, _: None, subscription: Subscription) -> Deferred[int] | None:
-        """Start buffering the room's live events, then learn where the room is."""
+    def _attach(self, _: None, subscription: Subscription) -> Deferred[Any]:
+        """Start buffering the room's live events, then learn where the room is (None when
+        the subscription is already gone)."""
         if not subscription.current:
-            return None
+            return succeed(None)
         room_id = subscription.room_id
         room = self._rooms.get(room_id)
         if room is None:
@@ -340,7 +339,8 @@ class RoomHub:
         if not subscription.current:
             return None
         if len(messages) < self.page_size:
-            return self._caught_up(messages, subscription, cursor)
+            self._caught_up(messages, subscription, cursor)
+            return None
         subscription.client.sink.deliver(subscription.room_id, messages)
         cursor = messages[-1].id
         more = self.log.read_after(subscription.room_id, cursor, self.page_size)

@@ -179,7 +179,7 @@ class LongPollResource(Resource):
             session_key = browser_key = None
         else:
             session_key, browser_key = keys_from_cookies(_header(request, b"cookie"))
-        identity = Identity(request.getClientAddress().host, session_key, browser_key)  # type: ignore[attr-defined]
+        identity = Identity(_client_host(request), session_key, browser_key)
         poll = _Poll(self, request, room_id, since, timeout)
         d = self._hub.authenticate(session_key)
         d.addCallback(self._subscribe, poll, identity)
@@ -239,6 +239,7 @@ class LongPollResource(Resource):
     # --- POST: send a message -----------------------------------------------------------
 
     def render_POST(self, request: Request) -> bytes | int:
+        assert request.content is not None, "twisted.web gives every request a body"
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
             error = ProtocolError("too_large", f"'text' is over {self._max_text_length} characters")
@@ -324,6 +325,10 @@ def _finish(request: Request, body: bytes) -> None:
     if request.method != b"HEAD":
         request.write(body)
     request.finish()
+
+
+def _client_host(request: Request) -> str:
+    return str(getattr(request.getClientAddress(), "host", ""))
 
 
 def _arg(request: Request, name: bytes) -> str | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-from typing import Any
+from collections.abc import Generator
+from typing import Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from django.conf import settings
@@ -19,6 +20,7 @@ from django.urls import get_resolver
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.wsgi import WSGIResource
 
 from . import django_signals
@@ -118,7 +120,9 @@ class ChatServer(MultiService):
             extra={b"metrics": MetricsResource(self.metrics)},
         )
         self.metrics.watch(self)
-        self.listener = strports.service(f"tcp:{port}:interface={interface}", self.site)
+        self.listener = strports.service(
+            f"tcp:{port}:interface={interface}", cast(IProtocolFactory, self.site)
+        )
         self.listener.setServiceParent(self)
 
     @property
@@ -142,7 +146,7 @@ class ChatServer(MultiService):
         super().startService()
 
     @inlineCallbacks
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
         log.info("shutting down: closing connections and writing pending messages")
         yield self.listener.stopService()
         closed = self.websockets.going_away("server shutting down: reconnect and resume")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from autobahn.twisted.resource import WebSocketResource, WSGIRootResource
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -55,7 +57,8 @@ def build_site(
     max_body: int = 4 * 1024 * 1024,
 ) -> Site:
     """Every path not claimed here (``/ws``, ``/poll``, ``/static``, ``/healthz``) goes to Django."""
-    children: dict[bytes, Resource] = {
+    # autobahn's WebSocketResource provides IResource without being a Resource.
+    children: dict[bytes, Any] = {
         b"ws": websocket,
         b"poll": longpoll,
         b"static": static,

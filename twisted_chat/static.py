@@ -38,8 +38,9 @@ class StaticFilesResource(resource.Resource):
         self._root = root
 
     def getChild(self, path: bytes, request: Request) -> resource.Resource:
-        parts = [path, *request.postpath]
-        request.prepath.extend(request.postpath)
+        rest = request.postpath or []
+        parts = [path, *rest]
+        request.prepath = [*(request.prepath or []), *rest]
         request.postpath = []
         try:
             relative = "/".join(part.decode("utf-8") for part in parts)
@@ -47,6 +48,7 @@ class StaticFilesResource(resource.Resource):
             return pages.notFound()
         if not relative or any(part in ("", ".", "..") for part in relative.split("/")):
             return pages.notFound()
+        candidate: Path | None
         if self._root is not None:
             candidate = self._root / relative
         else:

@@ -45,15 +45,21 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         self._gone = False
 
     @property
+    def _tcp(self) -> Any:
+        """The TCP transport (autobahn types it as an optional ITransport)."""
+        return self.transport
+
+    @property
     def author(self) -> Author | None:
         return self._identity.author if self._identity is not None else None
 
     # --- handshake ----------------------------------------------------------------------
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:
+    # autobahn's annotation leaves out the Deferred it documents and accepts (txaio.as_future).
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:  # type: ignore[override]
         self.factory.check_origin(request)
         session_key, browser_key = keys_from_cookies(request.headers.get("cookie", ""))
-        self._identity = Identity(self.transport.getPeer().host, session_key, browser_key)
+        self._identity = Identity(str(self._tcp.getPeer().host), session_key, browser_key)
         self._initial = _initial_subscription(request.params)
         return self.factory.hub.authenticate(session_key).addCallbacks(self._admit, self._refuse)
 
@@ -75,8 +81,8 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         # After the upgrade the HTTP channel is still the transport's producer; take its
         # place, so that a full send buffer tells this connection to stop receiving.
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self, True)
+        self._tcp.unregisterProducer()
+        self._tcp.registerProducer(self, True)
         self.factory.connection_opened(self)
         initial, self._initial = self._initial, None
         if isinstance(initial, ProtocolError):
@@ -210,7 +216,7 @@ def _initial_subscription(params: dict[str, list[str]]) -> wire.Subscribe | Prot
 
 
 class ChatWebSocketFactory(WebSocketServerFactory):
-    protocol = ChatWebSocketProtocol
+    protocol = ChatWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
