@@ -469,7 +469,10 @@ class RoomHub:
         """A user was edited or deleted: clients whose session no longer names them start over."""
         self.sessions.forget_user(user_id)
         for client in list(self._by_user.get(user_id, ())):
-            self.sessions.author(client.identity.session_key).addCallback(self._recheck_user, client)
+            d = self.sessions.author(client.identity.session_key).addCallback(self._recheck_user, client)
+            d.addErrback(
+                lambda failure: log.error("re-checking a session failed: %s", failure.getErrorMessage())
+            )
 
     def _recheck_user(self, author: Author | None, client: Client) -> None:
         if author != client.identity.author:

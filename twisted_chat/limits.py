@@ -99,9 +99,6 @@ class ConnectionLimits:
 
         return release
 
-    def count(self, address: str) -> int:
-        return self._addresses.open.get(address, 0)
-
 
 def _too_many(what: str) -> ProtocolError:
     return ProtocolError(

@@ -87,11 +87,15 @@ class _Poll:
         if self.since is None:
             self.events.extend(events)
             return
-        self.answer(self.resource.body_after(room_id, self.cursor, events))
+        body, delivered = self.resource.body_after(room_id, self.cursor, events)
+        self.resource.delivered += delivered
+        self.answer(body)
 
     def caught_up(self, room_id: int) -> None:
         if self.since is None:
-            self.answer(self.resource.body_after(room_id, 0, self.events, self.cursor))
+            body, delivered = self.resource.body_after(room_id, 0, self.events, self.cursor)
+            self.resource.delivered += delivered
+            self.answer(body)
         elif self.timeout <= 0:
             self.answer(_messages_body(room_id, self.cursor, []))
         else:
@@ -146,7 +150,7 @@ class LongPollResource(Resource):
         self.delivered = 0
         # The bodies built for the batch being fanned out, by cursor.
         self._batch: Sequence[RoomEvent] | None = None
-        self._bodies: dict[int, bytes] = {}
+        self._bodies: dict[int, tuple[bytes, int]] = {}
 
     @property
     def parked_count(self) -> int:
@@ -206,21 +210,21 @@ class LongPollResource(Resource):
 
     def body_after(
         self, room_id: int, cursor: int, events: Sequence[RoomEvent], last: int | None = None
-    ) -> bytes:
-        """The answer to a poll at ``cursor``: the events after it, cut to the size bound.
+    ) -> tuple[bytes, int]:
+        """The answer to a poll at ``cursor`` (the events after it, cut to the size bound),
+        and how many messages it carries.
 
         Polls parked on the same batch share one body per cursor.
         """
         if events is not self._batch:
             self._batch, self._bodies = events, {}
-        body = self._bodies.get(cursor)
-        if body is None:
+        answer = self._bodies.get(cursor)
+        if answer is None:
             fresh = self._fit([e for e in events if not isinstance(e, ChatMessage) or e.id > cursor])
             messages = [e for e in fresh if isinstance(e, ChatMessage)]
             newest = messages[-1].id if messages else (cursor if last is None else last)
-            body = self._bodies[cursor] = _messages_body(room_id, newest, fresh)
-            self.delivered += len(messages)
-        return body
+            answer = self._bodies[cursor] = (_messages_body(room_id, newest, fresh), len(messages))
+        return answer
 
     def _fit(self, events: Sequence[RoomEvent]) -> Sequence[RoomEvent]:
         """Cut a page so that a response stays near the size bound (always one event)."""

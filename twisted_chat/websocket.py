@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,8 @@ from .sessions import keys_from_cookies
 
 log = logging.getLogger(__name__)
 
+
+_OPEN = WebSocketServerProtocol.STATE_OPEN
 
 # Close codes of our own (docs/protocol.md).
 SESSION_CHANGED_CLOSE_CODE = 4001
@@ -157,10 +160,10 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         self.send_json({"type": "subscribed", "room": room_id, "last": last})
 
     def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
-            frame = self.factory.frame
+        if self.state == _OPEN:
+            transport = self.transport
             for event in events:
-                write_now(self.transport, event.encoded("ws", frame))
+                write_now(transport, event.encoded("ws", text_frame))
             self.factory.delivered += len(events)
 
     def caught_up(self, room_id: int) -> None:
@@ -194,14 +197,29 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         three debug-log arguments (with click colours when click is installed) on every
         call; for a frame that is already built, only the write is needed.
         """
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
+        if self.state == _OPEN:
             write_now(self.transport, frame)
 
     def send_json(self, obj: dict[str, Any]) -> None:
-        self.send_frame(self.factory.frame(json.dumps(obj, separators=(",", ":"))))
+        self.send_frame(text_frame(json.dumps(obj, separators=(",", ":"))))
 
     def send_error(self, error: ProtocolError) -> None:
         self.send_json(error.as_ws_frame())
+
+
+def text_frame(text: str) -> bytes:
+    """One unfragmented, unmasked text frame (RFC 6455 section 5.2), as a server sends it.
+
+    The same bytes go to every connection, so no extension may rewrite frames: the factory
+    declines permessage-deflate.
+    """
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def _initial_subscription(params: dict[str, list[str]]) -> wire.Subscribe | ProtocolError | None:
@@ -250,14 +268,10 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             # connections do not pile up.
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
-            # Frames are built once and written as they are (frame), so no extension that
-            # rewrites frames, such as permessage-deflate, may be negotiated.
+            # Frames are built once and written as they are (text_frame), so no extension
+            # that rewrites frames, such as permessage-deflate, may be negotiated.
             perMessageCompressionAccept=lambda _offers: None,
         )
-
-    def frame(self, text: str) -> bytes:
-        """A server text frame, the same bytes for every connection (no extensions are accepted)."""
-        return self.prepareMessage(text.encode()).payloadHybi
 
     def check_origin(self, request: ConnectionRequest) -> None:
         """Refuse cross-site handshakes: a browser always sends Origin, and the cookie rides along."""
