@@ -11,11 +11,14 @@
 Signals fire in whichever thread ran the ORM call (a WSGI thread for the admin and the
 login pages), inside its transaction; the hub reads the database again on the reactor
 thread's behalf, so every notice waits for the commit, then crosses with
-``callFromThread``.
+``callFromThread``. A login or logout waits longer: until its response, which carries the
+browser's new cookie, has been written. A page told to reconnect any sooner would come
+back with the old cookie.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +26,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.contrib.sessions.models import Session
+from django.core.signals import request_finished
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
@@ -31,10 +35,28 @@ from chat.models import ChatRoom, Message
 from .hub import RoomHub
 from .storage.interfaces import RoomDirectory
 
+# Notices held until the response of the request being served in this thread is written.
+_after_response = threading.local()
+
 
 def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
     def tell(fn: Callable[..., None], *args: Any) -> None:
         transaction.on_commit(lambda: reactor.callFromThread(fn, *args))
+
+    def tell_after_response(fn: Callable[..., None], *args: Any) -> None:
+        def hold() -> None:
+            if not hasattr(_after_response, "notices"):
+                _after_response.notices = []
+            _after_response.notices.append((fn, args))
+
+        transaction.on_commit(hold)
+
+    def response_written(sender: Any, **kwargs: Any) -> None:
+        notices = getattr(_after_response, "notices", None)
+        if notices:
+            _after_response.notices = []
+            for fn, args in notices:
+                reactor.callFromThread(fn, *args)
 
     def message_deleted(sender: Any, instance: Message, origin: Any = None, **kwargs: Any) -> None:
         if isinstance(origin, ChatRoom):
@@ -65,7 +87,7 @@ def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
         # The cookies the browser came with: the session and CSRF token it had before.
         session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         browser_key = request.COOKIES.get(settings.CSRF_COOKIE_NAME)
-        tell(hub.session_ended, session_key, browser_key)
+        tell_after_response(hub.session_ended, session_key, browser_key)
 
     def user_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
         if update_fields is not None and set(update_fields) <= {"last_login"}:
@@ -82,6 +104,7 @@ def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
     m2m_changed.connect(
         members_changed, sender=ChatRoom.members.through, weak=False, dispatch_uid="chat-hub-members"
     )
+    request_finished.connect(response_written, weak=False, dispatch_uid="chat-hub-response-written")
     user_logged_out.connect(browser_changed, weak=False, dispatch_uid="chat-hub-logout")
     user_logged_in.connect(browser_changed, weak=False, dispatch_uid="chat-hub-login")
     post_save.connect(user_changed, sender=user_model, weak=False, dispatch_uid="chat-hub-user-save")
