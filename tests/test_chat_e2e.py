@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ import pytest
 import requests
 
 from .server import (
+    ChatServerProcess,
     login,
     poll,
     post_message,
@@ -358,3 +360,14 @@ def test_pages_and_static_files_are_served_by_the_same_process(server):
     assert script.status_code == 200 and "WebSocket" in script.text
     assert requests.get(server.url + "/static/chat/", timeout=10).status_code == 404
     assert requests.get(server.url + "/static/../manage.py", timeout=10).status_code == 404
+
+
+def test_a_backend_this_build_lacks_is_refused_at_start(database_template, tmp_path):
+    database = tmp_path / "db.sqlite3"
+    shutil.copy(database_template, database)
+    server = ChatServerProcess(
+        f"sqlite:///{database}", tmp_path / "server.log", {"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"}
+    )
+    with pytest.raises(RuntimeError, match="the server exited") as refused:
+        server.start(timeout=30)
+    assert "CHAT_REDIS_URL is set, but this server has no Redis backend yet" in str(refused.value)
