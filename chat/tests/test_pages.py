@@ -1,5 +1,7 @@
 """The Django side: pages, private-room visibility, accounts, admin."""
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
@@ -58,10 +60,17 @@ def test_room_pages_carry_what_the_client_needs(client, alice, name, transport):
     assert response["X-Frame-Options"] == "DENY"
 
 
-def test_anonymous_sees_the_room_without_a_send_form(client):
+def test_anonymous_sees_the_room_with_the_send_form_hidden(client, alice):
+    """The form is always there, hidden while anonymous: a login in another tab shows it."""
     lobby = ChatRoom.objects.get(name="Lobby")
     html = client.get(reverse("chat:room", args=[lobby.pk])).content.decode()
-    assert 'data-authenticated="false"' in html and 'id="send-form"' not in html
+    assert 'data-authenticated="false"' in html
+    assert re.search(r'<form id="send-form"[^>]* hidden>', html)
+    assert re.search(r'<p class="login-hint">', html)
+    client.force_login(alice)
+    html = client.get(reverse("chat:room", args=[lobby.pk])).content.decode()
+    assert re.search(r'<form id="send-form"[^>]*autocomplete="off">', html)
+    assert re.search(r'<p class="login-hint" hidden>', html)
 
 
 def test_unknown_and_private_rooms_are_not_found(client, private_room):

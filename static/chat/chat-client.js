@@ -1,247 +1,153 @@
-// The chat client: one interface, two transports (WebSocket and long-poll).
+// The chat client: receives a room's messages over one transport, and sends what the
+// person types through the outbox. It tells the page what to show through `view`.
 //
-// Both transports deliver the same message objects (see docs/protocol.md). The client
-// keeps the last id it saw, resumes from it after any loss with backoff, drops anything
-// it has already seen, and retries unacknowledged sends with their original nonce, so a
-// retry never duplicates a message.
+// Both transports deliver the same message objects (docs/protocol.md). The client keeps
+// the last id it has shown, resumes from it after any loss, and drops what it has already
+// shown, so every message appears once, in id order.
 
-const MIN_BACKOFF_MS = 500;
-const MAX_BACKOFF_MS = 15000;
+import { ChatError } from "./errors.js";
+import { PollLoop, PostSender } from "./longpoll.js";
+import { Outbox } from "./outbox.js";
+import { Backoff, Wait } from "./timing.js";
+import { FrameSender, WebSocketSubscription } from "./websocket.js";
 
-export class ChatError extends Error {
-  constructor(code, message, retryAfter = null) {
-    super(message);
-    this.code = code;
-    this.retryAfter = retryAfter;
-  }
-}
-
-function newNonce() {
-  return globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
-}
-
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : "";
-}
-
-// Errors that a retry cannot fix: tell the user instead of retrying.
-const FINAL_ERRORS = new Set([
-  "bad_request", "too_large", "not_authenticated", "forbidden", "unknown_room", "csrf_failed",
-]);
-
-export class WebSocketTransport {
-  constructor(client, path) {
-    this.client = client;
+// Each transport: a receiver (start, stop) that feeds the client, and a sender that the
+// outbox uses to send one message and learn its id.
+const TRANSPORTS = {
+  websocket(client, paths) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    this.url = `${scheme}//${location.host}${path}`;
-    this.socket = null;
-  }
+    const sender = new FrameSender(client.room);
+    const receiver = new WebSocketSubscription(client, `${scheme}//${location.host}${paths.ws}`, sender);
+    return { receiver, sender };
+  },
+  longpoll(client, paths) {
+    return { receiver: new PollLoop(client, paths.poll), sender: new PostSender(client.room, paths.poll) };
+  },
+};
 
-  // Resolves when the connection closes; rejects if it never opened.
-  run(since) {
-    return new Promise((resolve, reject) => {
-      const socket = new WebSocket(this.url);
-      this.socket = socket;
-      let opened = false;
-      socket.addEventListener("open", () => {
-        opened = true;
-        const frame = { type: "subscribe", room: this.client.room };
-        if (since !== null) frame.since = since;
-        socket.send(JSON.stringify(frame));
-      });
-      socket.addEventListener("message", (event) => this.receive(JSON.parse(event.data)));
-      socket.addEventListener("close", () => {
-        this.socket = null;
-        opened ? resolve() : reject(new Error("WebSocket did not open"));
-      });
+export class ChatClient {
+  // paths: { ws, poll, session }
+  // view: onMessages(messages), onDeleted(id), onState(state), onError(error),
+  //       onIdentity(user), onQueued(entry), onSending(entry), onWaiting(entry, error),
+  //       onSettled(nonce), onFailed(entry, error)
+  constructor({ room, transport, user, paths, view }) {
+    this.room = Number(room);
+    this.user = user; // the username, or null when anonymous
+    this.paths = paths;
+    this.view = view;
+    this.lastId = null; // the newest message shown
+    this.awaitingEcho = new Map(); // id -> nonce: acknowledged, the message itself not here yet
+    this.sessionChecks = 0;
+    const { receiver, sender } = TRANSPORTS[transport](this, paths);
+    this.receiver = receiver;
+    this.outbox = new Outbox(sender, {
+      onQueued: (entry) => view.onQueued(entry),
+      onSending: (entry) => view.onSending(entry),
+      onWaiting: (entry, error) => view.onWaiting(entry, error),
+      onFailed: (entry, error) => view.onFailed(entry, error),
+      onAcked: (entry, id) => this.acknowledged(entry.nonce, id),
+      onSessionLost: () => this.sessionChanged(),
     });
   }
 
-  receive(frame) {
-    switch (frame.type) {
-      case "subscribed":
-        this.client.connected();
-        break;
-      case "message":
-      case "deleted":
-        this.client.deliver([frame]);
-        break;
-      case "ack":
-        this.client.acknowledged(frame.nonce, frame.id);
-        break;
-      case "error":
-        this.client.refused(frame.nonce, new ChatError(frame.code, frame.message, frame.retry_after));
-        break;
-    }
+  start() {
+    this.view.onIdentity(this.user);
+    this.outbox.useStorage(this.storageKey());
+    this.receiver.start();
   }
 
-  get ready() {
-    return this.socket !== null && this.socket.readyState === WebSocket.OPEN;
+  send(text) {
+    if (this.user === null) throw new ChatError("not_authenticated", "Log in to post.");
+    this.outbox.add(text);
   }
 
-  send(text, nonce) {
-    if (!this.ready) return false;
-    this.socket.send(JSON.stringify({ type: "send", room: this.client.room, text, nonce }));
-    return true;
+  storageKey() {
+    return this.user === null ? null : `chat-outbox:${this.room}:${this.user}`;
   }
 
-  stop() {
-    this.socket?.close();
-  }
-}
+  // --- told by the receiver -------------------------------------------------------------
 
-export class LongPollTransport {
-  constructor(client, path) {
-    this.client = client;
-    this.path = path;
-    this.stopped = false;
-    this.controller = null;
-  }
-
-  // Polls until a request fails; then the client backs off and calls run() again.
-  async run(since) {
-    let cursor = since;
-    while (!this.stopped) {
-      const params = new URLSearchParams({ room: this.client.room, timeout: "25" });
-      if (cursor !== null) params.set("since", cursor);
-      this.controller = new AbortController();
-      const response = await fetch(`${this.path}?${params}`, {
-        credentials: "same-origin",
-        cache: "no-store",
-        signal: this.controller.signal,
-      });
-      if (!response.ok) throw new Error(`poll answered ${response.status}`);
-      const body = await response.json();
-      this.client.connected();
-      this.client.deliver(body.messages);
-      cursor = Math.max(body.last, this.client.lastId ?? 0);
-    }
-  }
-
-  get ready() {
-    return true;
-  }
-
-  send(text, nonce) {
-    fetch(this.path, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-      body: JSON.stringify({ room: this.client.room, text, nonce }),
-    })
-      .then(async (response) => {
-        const body = await response.json().catch(() => ({}));
-        if (response.ok) {
-          this.client.acknowledged(nonce, body.id);
-        } else {
-          const error = body.error ?? { code: "unavailable", message: `server answered ${response.status}` };
-          const retryAfter = Number(response.headers.get("Retry-After")) || null;
-          this.client.refused(nonce, new ChatError(error.code, error.message, retryAfter));
-        }
-      })
-      .catch(() => this.client.refused(nonce, new ChatError("unavailable", "network error")));
-    return true;
-  }
-
-  stop() {
-    this.stopped = true;
-    this.controller?.abort();
-  }
-}
-
-export class ChatClient {
-  // handlers: onMessages(list), onDeleted(id), onState(state), onError(ChatError)
-  constructor({ room, transport, wsPath = "/ws", pollPath = "/poll", handlers }) {
-    this.room = Number(room);
-    this.handlers = handlers;
-    this.lastId = null;
-    this.pending = new Map(); // nonce -> {text, resolve, reject}
-    this.backoff = MIN_BACKOFF_MS;
-    this.running = false;
-    this.transport = transport === "longpoll"
-      ? new LongPollTransport(this, pollPath)
-      : new WebSocketTransport(this, wsPath);
-  }
-
-  async start() {
-    this.running = true;
-    this.setState("connecting");
-    while (this.running) {
-      try {
-        await this.transport.run(this.lastId);
-      } catch {
-        // A failed connect or poll: fall through to the backoff below.
-      }
-      if (!this.running) break;
-      this.setState("reconnecting");
-      const delay = this.backoff * (0.5 + Math.random() / 2);
-      this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
-      await new Promise((resolve) => setTimeout(resolve, delay));
-    }
-  }
-
-  stop() {
-    this.running = false;
-    this.transport.stop();
-    this.setState("offline");
-  }
-
+  // The transport is (re)established: not the same as data arriving.
   connected() {
-    this.backoff = MIN_BACKOFF_MS;
-    this.setState("connected");
-    for (const [nonce, entry] of this.pending) this.transport.send(entry.text, nonce);
+    this.view.onState("connected");
+    this.outbox.wake();
   }
 
-  setState(state) {
-    this.handlers.onState?.(state);
+  disconnected() {
+    this.view.onState("reconnecting");
+  }
+
+  // The server ended or refused the subscription for good.
+  ended(error) {
+    this.receiver.stop();
+    this.view.onState("stopped");
+    this.view.onError(error);
+  }
+
+  showError(error) {
+    this.view.onError(error);
   }
 
   deliver(events) {
     const fresh = [];
     for (const event of events) {
       if (event.type === "deleted") {
-        this.handlers.onDeleted?.(event.id);
+        this.view.onDeleted(event.id);
+        this.seen(event.id);
       } else if (event.type === "message" && (this.lastId === null || event.id > this.lastId)) {
         this.lastId = event.id;
         fresh.push(event);
       }
     }
-    if (fresh.length) this.handlers.onMessages?.(fresh);
+    if (!fresh.length) return;
+    this.view.onMessages(fresh);
+    for (const message of fresh) this.seen(message.id);
   }
 
-  // Resolves with the message id once the server has stored it.
-  send(text) {
-    const nonce = newNonce();
-    return new Promise((resolve, reject) => {
-      this.pending.set(nonce, { text, resolve, reject });
-      this.transport.send(text, nonce); // if not ready, connected() sends it later
-    });
-  }
+  // --- the pending copy of a sent message ---------------------------------------------------
 
+  // The ack and the message itself come in either order; the pending copy goes when both
+  // have come, so the message is never shown twice, nor missing in between.
   acknowledged(nonce, id) {
-    const entry = this.pending.get(nonce);
-    if (!entry) return;
-    this.pending.delete(nonce);
-    entry.resolve(id);
+    if (this.lastId !== null && id <= this.lastId) this.view.onSettled(nonce);
+    else this.awaitingEcho.set(id, nonce);
   }
 
-  refused(nonce, error) {
-    const entry = nonce ? this.pending.get(nonce) : null;
-    if (!entry) {
-      this.handlers.onError?.(error);
-      return;
+  seen(id) {
+    const nonce = this.awaitingEcho.get(id);
+    if (nonce === undefined) return;
+    this.awaitingEcho.delete(id);
+    this.view.onSettled(nonce);
+  }
+
+  // --- who we are -------------------------------------------------------------------------
+
+  // The session may have changed (a logout, or a login in another tab): ask who we are
+  // now and carry on as that user. Nothing is sent until we know, so no message goes out
+  // under the wrong name.
+  async sessionChanged() {
+    const check = ++this.sessionChecks;
+    this.outbox.hold();
+    const user = await this.whoAmI();
+    if (check !== this.sessionChecks) return; // a newer check decides
+    if (user !== this.user) {
+      this.user = user;
+      this.view.onIdentity(user);
+      this.outbox.useStorage(this.storageKey());
     }
-    if (FINAL_ERRORS.has(error.code)) {
-      this.pending.delete(nonce);
-      entry.reject(error);
-      return;
+    this.outbox.resume();
+  }
+
+  async whoAmI() {
+    const backoff = new Backoff();
+    for (;;) {
+      try {
+        const response = await fetch(this.paths.session, { cache: "no-store" });
+        if (response.ok) return (await response.json()).user;
+      } catch {
+        // The server is away: ask again below.
+      }
+      await new Wait(backoff.next()).done;
     }
-    // Rate limits and outages: retry with the same nonce, so nothing is stored twice.
-    const delay = error.retryAfter ? error.retryAfter * 1000 : this.backoff;
-    this.handlers.onError?.(error);
-    setTimeout(() => {
-      if (this.pending.has(nonce)) this.transport.send(entry.text, nonce);
-    }, delay);
   }
 }
