@@ -283,3 +283,19 @@ def test_parked_polls_and_websockets_count_against_one_limit(server_factory, tra
     # Both slots are free again.
     with ws_connect(server, alice), ws_connect(server, alice):
         pass
+
+
+def test_anonymous_polls_count_against_the_address_limit(server_factory):
+    server = server_factory({"CHAT_MAX_CONNECTIONS_PER_IP": "1"})
+    parked = park(server, LOBBY)
+    refused = poll(server, LOBBY, since=0, timeout=5)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_connections"
+    assert refused.headers["retry-after"] == "5"
+    with pytest.raises(Exception, match="429"):
+        ws_connect(server)
+    requests.post(server.url + "/poll", timeout=5)  # a POST is not held, so it is not counted
+    login_session = login(server, "alice")
+    post_message(login_session, server, LOBBY, "wake up")
+    assert parked.answer().status_code == 200
+    assert poll(server, LOBBY, since=0).status_code == 200

@@ -156,12 +156,16 @@ class Client:
 class _Room:
     """The hub's clients in one room."""
 
-    __slots__ = ("catching_up", "live", "ready")
+    __slots__ = ("catching_up", "live", "ready", "subscribed")
 
     def __init__(self, ready: Deferred[None]):
-        self.ready = ready
         self.catching_up: set[Subscription] = set()
         self.live: dict[Subscription, ClientSink] = {}
+        self.subscribed = False
+        self.ready = ready.addCallback(self._subscribed)
+
+    def _subscribed(self, result: None) -> None:
+        self.subscribed = True
 
     def __bool__(self) -> bool:
         return bool(self.catching_up or self.live)
@@ -293,21 +297,18 @@ class RoomHub:
         subscription = client.subscriptions[room_id] = Subscription(client, room_id, since)
         (
             self.directory.get(room_id)
-            .addCallback(self._readable, subscription)
             .addCallback(self._attach, subscription)
             .addCallback(self._catch_up, subscription)
             .addErrback(self._failed, subscription)
         )
 
-    def _readable(self, info: RoomInfo, subscription: Subscription) -> None:
-        if not info.readable_by(subscription.client.identity.author):
-            raise UnknownRoom(info.id)
-
-    def _attach(self, _: None, subscription: Subscription) -> Deferred[Any]:
-        """Start buffering the room's live events, then learn where the room is (None when
-        the subscription is already gone)."""
+    def _attach(self, info: RoomInfo, subscription: Subscription) -> Deferred[Any]:
+        """If the client may read the room, start buffering its live events, then learn
+        where the room is (None when the subscription is already gone)."""
         if not subscription.current:
             return succeed(None)
+        if not info.readable_by(subscription.client.identity.author):
+            raise UnknownRoom(info.id)
         room_id = subscription.room_id
         room = self._rooms.get(room_id)
         if room is None:
@@ -316,6 +317,8 @@ class RoomHub:
         subscription.state = SubscriptionState.CATCHING_UP
         # Only events published after the broker has the subscription reach the buffer, so
         # the history is read after that.
+        if room.subscribed:
+            return self.log.last_id(room_id)
         ready: Deferred[None] = Deferred()
         room.ready.addBoth(_pass_on, ready)
         return ready.addCallback(lambda _: self.log.last_id(room_id))

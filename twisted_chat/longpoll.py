@@ -185,16 +185,22 @@ class LongPollResource(Resource):
             session_key, browser_key = keys_from_cookies(_header(request, b"cookie"))
         identity = Identity(_client_host(request), session_key, browser_key)
         poll = _Poll(self, request, room_id, since, timeout)
-        d = self._hub.authenticate(session_key)
-        d.addCallback(self._subscribe, poll, identity)
-        d.addErrback(lambda failure: poll.answer(b"", as_protocol_error(failure)))
+        if session_key is None:
+            self._subscribe(None, poll, identity)
+        else:
+            d = self._hub.authenticate(session_key).addCallback(self._subscribe, poll, identity)
+            d.addErrback(lambda failure: poll.answer(b"", as_protocol_error(failure)))
         return NOT_DONE_YET
 
     def _subscribe(self, author: Author | None, poll: _Poll, identity: Identity) -> None:
         if poll.done:
             return
         identity.author = author
-        poll.client = self._hub.connect(poll, identity)
+        try:
+            poll.client = self._hub.connect(poll, identity)
+        except ProtocolError as error:
+            poll.answer(b"", error)
+            return
         poll.client.subscribe(poll.room_id, poll.since)
 
     def _parse_timeout(self, value: str | None) -> float:
