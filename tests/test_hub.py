@@ -217,3 +217,21 @@ def test_a_refused_sender_is_told_the_true_wait_and_cannot_overtake_it():
     assert limiter.retry_after("bob") == 0, "another user is not held back"
     now[0] = start + wait
     assert limiter.retry_after("alice") == 0, "waiting exactly the hint gets through"
+
+
+def test_a_room_change_during_its_load_is_not_lost(room):
+    world = World()
+    world.queries.holding = True
+    first, second = world.directory.get(room.pk), world.directory.get(room.pk)
+    assert len(world.queries.waiting) == 1, "one load for everyone who asked"
+    d, fn, args = world.queries.waiting.pop(0)
+    as_it_was = fn(*args)  # the thread reads the room as it was...
+    room.is_private = True  # ...then an admin makes it private, and the notice comes first
+    room.save()
+    world.directory.room_changed(room.pk)
+    d.callback(as_it_was)
+    world.queries.run_all()
+    infos = []
+    first.addCallback(infos.append)
+    second.addCallback(infos.append)
+    assert [info.is_private for info in infos] == [True, True]

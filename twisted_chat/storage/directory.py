@@ -12,10 +12,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.python.failure import Failure
 
 from . import archive
-from .interfaces import RoomInfo, RunInThread, StoreUnavailable, UnknownRoom
+from .interfaces import RoomInfo, RunInThread
+from .room_loads import RoomLoads
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class LocalRoomDirectory:
         self._run_query = run_query
         self._max_rooms = max_rooms
         self._rooms: OrderedDict[int, RoomInfo] = OrderedDict()
-        self._loading: dict[int, list[Deferred[RoomInfo]]] = {}
+        self._loads: RoomLoads[RoomInfo] = RoomLoads(self._load)
         self._changed_while_loading: set[int] = set()
         self._watchers: list[Callable[[int], None]] = []
 
@@ -34,40 +34,23 @@ class LocalRoomDirectory:
         if info is not None:
             self._rooms.move_to_end(room_id)
             return succeed(info)
-        waiter: Deferred[RoomInfo] = Deferred()
-        waiters = self._loading.get(room_id)
-        if waiters is not None:
-            waiters.append(waiter)
-        else:
-            self._loading[room_id] = [waiter]
-            self._load(room_id)
-        return waiter
+        return self._loads.get(room_id)
 
-    def _load(self, room_id: int) -> None:
-        self._run_query(archive.load_room_info, room_id).addBoth(self._loaded, room_id)
+    def _load(self, room_id: int) -> Deferred[RoomInfo]:
+        self._changed_while_loading.discard(room_id)
+        return self._run_query(archive.load_room_info, room_id).addCallback(self._loaded, room_id)
 
-    def _loaded(self, result: RoomInfo | Failure, room_id: int) -> None:
+    def _loaded(self, info: RoomInfo, room_id: int) -> RoomInfo | Deferred[RoomInfo]:
         if room_id in self._changed_while_loading:
-            self._changed_while_loading.discard(room_id)
-            self._load(room_id)
-            return
-        waiters = self._loading.pop(room_id)
-        if isinstance(result, Failure):
-            if not result.check(UnknownRoom):
-                log.error("loading room %s failed: %s", room_id, result.getErrorMessage())
-                result = Failure(StoreUnavailable("the database did not answer"))
-            for waiter in waiters:
-                waiter.errback(result)
-            return
-        self._rooms[room_id] = result
+            return self._load(room_id)
+        self._rooms[room_id] = info
         if len(self._rooms) > self._max_rooms:
             self._rooms.popitem(last=False)
-        for waiter in waiters:
-            waiter.callback(result)
+        return info
 
     def room_changed(self, room_id: int) -> None:
         self._rooms.pop(room_id, None)
-        if room_id in self._loading:
+        if self._loads.running(room_id):
             self._changed_while_loading.add(room_id)
         for watcher in self._watchers:
             try:

@@ -21,7 +21,8 @@ from twisted.python.failure import Failure
 from ..events import Author, ChatMessage
 from . import archive
 from .group_commit import GroupCommitWriter
-from .interfaces import CommittedListener, RunInThread, StoreUnavailable, UnknownRoom
+from .interfaces import CommittedListener, RunInThread, StoreUnavailable
+from .room_loads import RoomLoads
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class SqlMessageLog:
         self._max_idle_rooms = max_idle_rooms
         self._clock = clock
         self._rooms: OrderedDict[int, _RoomLog] = OrderedDict()
-        self._loading: dict[int, list[Deferred[_RoomLog]]] = {}
+        self._loads: RoomLoads[_RoomLog] = RoomLoads(self._load)
         self._acks: dict[tuple[int, int], tuple[_RoomLog, list[Deferred[int]]]] = {}
         self._closed = False
         self._on_batch = on_batch
@@ -118,28 +119,15 @@ class SqlMessageLog:
         if room is not None:
             self._rooms.move_to_end(room_id)
             return succeed(room)
-        waiter: Deferred[_RoomLog] = Deferred()
-        if room_id in self._loading:
-            self._loading[room_id].append(waiter)
-            return waiter
-        self._loading[room_id] = [waiter]
-        query = self._run_query(archive.load_room, room_id, self._window)
-        query.addBoth(self._loaded, room_id)
-        return waiter
+        return self._loads.get(room_id)
 
-    def _loaded(self, result: archive.RoomSnapshot | Failure, room_id: int) -> None:
-        waiters = self._loading.pop(room_id)
-        if isinstance(result, Failure):
-            if not result.check(UnknownRoom):
-                log.error("loading room %s failed: %s", room_id, result.getErrorMessage())
-                result = Failure(StoreUnavailable("the database did not answer"))
-            for waiter in waiters:
-                waiter.errback(result)
-            return
-        room = self._rooms[room_id] = _RoomLog(result, self._window)
+    def _load(self, room_id: int) -> Deferred[_RoomLog]:
+        return self._run_query(archive.load_room, room_id, self._window).addCallback(self._loaded, room_id)
+
+    def _loaded(self, snapshot: archive.RoomSnapshot, room_id: int) -> _RoomLog:
+        room = self._rooms[room_id] = _RoomLog(snapshot, self._window)
         self._evict_idle_rooms()
-        for waiter in waiters:
-            waiter.callback(room)
+        return room
 
     def _evict_idle_rooms(self) -> None:
         excess = len(self._rooms) - self._max_idle_rooms
