@@ -24,13 +24,13 @@ test: install-dev browser
 	$(PYTHON) -m pytest
 	$(MAKE) --no-print-directory test-postgres
 
-# The store's SQL and the Django tests again on PostgreSQL, the production database, when
-# one answers on 127.0.0.1:5432 (trust auth). CI's machines have one: there, its absence
+# The storage contract, the SQL log, the room core and the Django tests again on
+# PostgreSQL, the production database, when one answers on 127.0.0.1:5432 (trust auth). CI's machines have one: there, its absence
 # is an error rather than a skip.
 PG_URL ?= postgres://postgres@127.0.0.1:5432/chat
 test-postgres:
 	@if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
-	  DATABASE_URL=$(PG_URL) $(PYTHON) -m pytest tests/test_store.py chat; \
+	  DATABASE_URL=$(PG_URL) $(PYTHON) -m pytest tests/test_storage_contract.py tests/test_message_log.py tests/test_hub.py chat; \
 	elif [ -n "$$CI" ]; then \
 	  echo "PostgreSQL is not answering on 127.0.0.1:5432" >&2; exit 1; \
 	else \
