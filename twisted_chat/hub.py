@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from .errors import ProtocolError, as_protocol_error, no_such_room, rate_limited
 from .events import Author, ChatMessage, MessageDeleted, RoomEvent
-from .limits import ConnectionLimits, SendRateLimiter
+from .limits import ConnectionLimits, Lease, SendRateLimiter
 from .sessions import SessionCache
 from .storage.interfaces import Broker, MessageLog, RoomDirectory, RoomInfo, UnknownRoom
 
@@ -103,14 +103,17 @@ class Subscription:
 class Client:
     """One connection (a WebSocket, a parked poll) as the hub sees it."""
 
-    def __init__(self, hub: RoomHub, sink: ClientSink, identity: Identity, release: Callable[[], None]):
+    __slots__ = ("_lease", "_sends", "closed", "hub", "identity", "sink", "subscriptions")
+
+    def __init__(self, hub: RoomHub, sink: ClientSink, identity: Identity, lease: Lease):
         self.hub = hub
         self.sink = sink
         self.identity = identity
         self.subscriptions: dict[int, Subscription] = {}
         self.closed = False
-        self._release = release
-        self._sends: Deferred[None] = succeed(None)
+        self._lease = lease
+        # The chain that keeps sends in order; most connections only read, so none yet.
+        self._sends: Deferred[None] | None = None
 
     def subscribe(self, room_id: int, since: int | None) -> None:
         self.hub.join(self, room_id, since)
@@ -131,6 +134,8 @@ class Client:
         def run(_: object) -> Deferred[None]:
             return self.hub.accept_send(self, room_id, text, nonce, ack)
 
+        if self._sends is None:
+            self._sends = succeed(None)
         self._sends.addCallback(run)
         return ack
 
@@ -150,7 +155,7 @@ class Client:
         for subscription in list(self.subscriptions.values()):
             self.hub.leave(subscription)
         self.hub.forget(self)
-        self._release()
+        self._lease.release()
 
 
 class _Room:
@@ -212,8 +217,8 @@ class RoomHub:
     def connect(self, sink: ClientSink, identity: Identity) -> Client:
         """Admit a connection; raises ProtocolError ``too_many_connections``."""
         author_id = identity.author.id if identity.author is not None else None
-        release = self.connection_limits.admit(identity.peer, author_id)
-        client = Client(self, sink, identity, release)
+        lease = self.connection_limits.admit(identity.peer, author_id)
+        client = Client(self, sink, identity, lease)
         for index, key in self._index_keys(client):
             index.setdefault(key, set()).add(client)
         return client

@@ -78,8 +78,8 @@ class ConnectionLimits:
         self._users = _Counter(per_user)
         self._addresses = _Counter(per_address)
 
-    def admit(self, address: str, user_id: int | None) -> Callable[[], None]:
-        """Take a slot, or raise ProtocolError; returns the release, which is safe to call twice."""
+    def admit(self, address: str, user_id: int | None) -> Lease:
+        """Take a slot, or raise ProtocolError ``too_many_connections``."""
         if self._addresses.full(address):
             raise _too_many("address")
         if user_id is not None and self._users.full(user_id):
@@ -87,17 +87,28 @@ class ConnectionLimits:
         self._addresses.add(address, 1)
         if user_id is not None:
             self._users.add(user_id, 1)
-        released = False
+        return Lease(self, address, user_id)
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._addresses.add(address, -1)
-                if user_id is not None:
-                    self._users.add(user_id, -1)
+    def _release(self, address: str, user_id: int | None) -> None:
+        self._addresses.add(address, -1)
+        if user_id is not None:
+            self._users.add(user_id, -1)
 
-        return release
+
+class Lease:
+    """One connection's slot; ``release`` gives it back, once however often it is called."""
+
+    __slots__ = ("_address", "_limits", "_user_id")
+
+    def __init__(self, limits: ConnectionLimits, address: str, user_id: int | None):
+        self._limits: ConnectionLimits | None = limits
+        self._address = address
+        self._user_id = user_id
+
+    def release(self) -> None:
+        if self._limits is not None:
+            self._limits._release(self._address, self._user_id)
+            self._limits = None
 
 
 def _too_many(what: str) -> ProtocolError:

@@ -115,3 +115,10 @@ def test_session_state_says_who_the_browser_is_now(client, alice):
     assert "no-cache" in response["Cache-Control"]
     client.force_login(alice)
     assert client.get(reverse("session_state")).json() == {"user": "alice"}
+
+
+def test_an_anonymous_page_mints_no_csrf_cookie_unless_it_has_a_form_to_send(client):
+    """The room list is the busiest page: it sets no cookie for a visitor who only reads."""
+    response = client.get(reverse("chat:room_list"))
+    assert "csrftoken" not in response.cookies
+    assert "Both states are rendered" not in response.content.decode()
