@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -165,7 +165,9 @@ class _Room:
 
     def __init__(self, ready: Deferred[None]):
         self.catching_up: set[Subscription] = set()
-        self.live: dict[Subscription, ClientSink] = {}
+        # Each live subscription's ``deliver``, looked up once: it is called per event batch
+        # for every client in the room.
+        self.live: dict[Subscription, Callable[[int, Sequence[RoomEvent]], None]] = {}
         self.subscribed = False
         self.ready = ready.addCallback(self._subscribed)
 
@@ -368,7 +370,7 @@ class RoomHub:
         room = self._rooms[subscription.room_id]
         room.catching_up.discard(subscription)
         sink = subscription.client.sink
-        room.live[subscription] = sink
+        room.live[subscription] = sink.deliver
         subscription.state = SubscriptionState.LIVE
         if events:
             sink.deliver(subscription.room_id, events)
@@ -409,8 +411,8 @@ class RoomHub:
             self._drop_slow_consumers()
         for subscription in room.catching_up:
             subscription.buffer.extend(events)
-        for sink in tuple(room.live.values()):
-            sink.deliver(room_id, events)
+        for deliver in tuple(room.live.values()):
+            deliver(room_id, events)
 
     def _drop_slow_consumers(self) -> None:
         """Drop clients still too far behind when the next batch arrives.

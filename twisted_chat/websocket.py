@@ -161,10 +161,12 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
 
     def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
         if self.state == _OPEN:
+            factory = self.factory
+            frames = factory.frames_of(events)
             transport = self.transport
-            for event in events:
-                write_now(transport, event.encoded("ws", text_frame))
-            self.factory.delivered += len(events)
+            for frame in frames:
+                write_now(transport, frame)
+            factory.delivered += len(frames)
 
     def caught_up(self, room_id: int) -> None:
         """Nothing to say: live events follow the history on the same connection."""
@@ -255,6 +257,10 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self.max_text_length = max_text_length
         self.connections: set[ChatWebSocketProtocol] = set()
+        # The frames of the batch being fanned out, so that each subscriber after the first
+        # gets them with one comparison.
+        self._batch: Sequence[RoomEvent] = ()
+        self._frames: list[bytes] = []
         # autobahn allows any size and any origin unless told otherwise; origins are checked
         # in check_origin, where the Host header is known.
         self.setProtocolOptions(
@@ -272,6 +278,12 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             # that rewrites frames, such as permessage-deflate, may be negotiated.
             perMessageCompressionAccept=lambda _offers: None,
         )
+
+    def frames_of(self, events: Sequence[RoomEvent]) -> list[bytes]:
+        if events is not self._batch:
+            self._batch = events
+            self._frames = [event.encoded("ws", text_frame) for event in events]
+        return self._frames
 
     def check_origin(self, request: ConnectionRequest) -> None:
         """Refuse cross-site handshakes: a browser always sends Origin, and the cookie rides along."""
