@@ -38,6 +38,8 @@ def _author(user: Any) -> Author | None:
 
 def keys_from_cookies(cookie_header: str) -> tuple[str | None, str | None]:
     """The session key, and the CSRF cookie that names the browser even without a session."""
+    if not cookie_header:
+        return None, None
     cookies = parse_cookie(cookie_header)
     return cookies.get(settings.SESSION_COOKIE_NAME) or None, cookies.get(settings.CSRF_COOKIE_NAME) or None
 

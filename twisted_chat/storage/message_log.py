@@ -138,6 +138,9 @@ class SqlMessageLog:
             del self._rooms[room_id]
 
     def last_id(self, room_id: int) -> Deferred[int]:
+        room = self._rooms.get(room_id)
+        if room is not None:  # every poll asks: answer a loaded room without a callback
+            return succeed(room.last_id)
         return self._open(room_id).addCallback(lambda room: room.last_id)
 
     # --- writing ------------------------------------------------------------------------
@@ -227,6 +230,9 @@ class SqlMessageLog:
     # --- reading ------------------------------------------------------------------------
 
     def read_after(self, room_id: int, since: int, limit: int) -> Deferred[list[ChatMessage]]:
+        room = self._rooms.get(room_id)
+        if room is not None and room.covers(since):
+            return succeed(room.after(since, limit))
         return self._open(room_id).addCallback(self._read_after, room_id, since, limit)
 
     def _read_after(self, room: _RoomLog, room_id: int, since: int, limit: int) -> Any:
