@@ -13,7 +13,7 @@ import pytest
 import requests
 from websockets.exceptions import ConnectionClosed
 
-from .server import ChatServerProcess, login, poll, post_message, recv_until, ws_connect
+from .server import ChatServerProcess, login, poll, post_message, recv_until, wait_for, ws_connect
 
 LOBBY, SECOND, PRIVATE = 1, 2, 3
 USER_IDS = {"alice": 1, "bob": 2, "carol": 3, "admin": 4}
@@ -120,10 +120,7 @@ def park(server, room: int, session=None) -> ParkedPoll:
     before = parked_count(server)
     parked = ParkedPoll(server, room, since, session)
     parked.start()
-    deadline = time.monotonic() + PROMPTLY
-    while parked_count(server) <= before:
-        assert time.monotonic() < deadline, "the poll did not park"
-        time.sleep(0.02)
+    wait_for(lambda: parked_count(server) > before, PROMPTLY, what="the poll to park")
     return parked
 
 
