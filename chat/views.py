@@ -1,14 +1,18 @@
 """Server-rendered pages; the chat itself runs in the browser against /ws and /poll."""
 
+import math
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import login
-from django.contrib.auth.forms import UserCreationForm
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
+from . import throttle
+from .forms import SignupForm
 from .models import ChatRoom
 
 
@@ -41,12 +45,51 @@ def long_poll_room(request: HttpRequest, room_id: int) -> HttpResponse:
     return _room_page(request, room_id, "longpoll")
 
 
+def _in_minutes(seconds: int) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"{minutes} minute{'s' if minutes > 1 else ''}"
+
+
 def signup(request: HttpRequest) -> HttpResponse:
-    form = UserCreationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        login(request, form.save())
-        return redirect("chat:room_list")
-    return render(request, "registration/signup.html", {"form": form})
+    """Sign up and log in; at most CHAT_SIGNUPS_PER_HOUR accounts per address per hour."""
+    form = SignupForm(request.POST or None)
+    wait = 0
+    if request.method == "POST":
+        wait = throttle.signup_wait(request)
+        if not wait and form.is_valid():
+            wait = throttle.take_signup(request)  # only a valid form takes a slot
+            if not wait:
+                login(request, form.save(), backend="django.contrib.auth.backends.ModelBackend")
+                return redirect("chat:room_list")
+    if not wait:
+        return render(request, "registration/signup.html", {"form": form})
+    error = f"Too many accounts were created from your address. Try again in {_in_minutes(wait)}."
+    response = render(request, "registration/signup.html", {"form": form, "error": error}, status=429)
+    response["Retry-After"] = str(wait)
+    return response
+
+
+def locked_out(
+    request: HttpRequest, original_response: HttpResponse | None = None, credentials: Any = None
+) -> HttpResponse:
+    """django-axes' answer to a login refused for too many failures (AXES_LOCKOUT_CALLABLE).
+
+    429 with the wait: a page, or JSON for a client that prefers it. Each failure restarts
+    the cool-off, and this answers one, so the wait is the whole cool-off.
+    """
+    wait = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds())
+    message = (
+        f"Too many failed logins for this account or from your address. Try again in {_in_minutes(wait)}."
+    )
+    response: HttpResponse
+    if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
+        body = {"error": {"code": "rate_limited", "message": message, "retryable": True, "retry_after": wait}}
+        response = JsonResponse(body, status=429)
+        response["Cache-Control"] = "no-store"
+    else:
+        response = render(request, "registration/locked_out.html", {"message": message}, status=429)
+    response["Retry-After"] = str(wait)
+    return response
 
 
 @never_cache

@@ -5,6 +5,7 @@ DJANGO_DEBUG=0, DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -45,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "chat",
 ]
 
@@ -57,6 +59,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chat.middleware.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes requires: turns a login refused for lockout into our 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "django_twisted_chat.urls"
@@ -94,6 +98,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
     }
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+
+# django-axes first: it refuses every authenticate() call (site login, admin login) for an
+# account or address that is locked out, before a password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Login and signup throttles count in Django's cache (signups) and database (logins). This
+# in-process cache is right for the one twistd process; several processes need a shared
+# cache (Redis, Memcached), or each would count on its own.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -141,6 +157,32 @@ CHAT_CONTENT_SECURITY_POLICY = (
     "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
     "base-uri 'self'; form-action 'self'; object-src 'none'"
 )
+
+# --- Login and signup throttles (docs/security.md) -----------------------------------------
+
+# Failed logins allowed per account and, separately, per client address within the cool-off;
+# the next is refused (429) for CHAT_LOGIN_COOLOFF_SECONDS after the last failure. 0: off.
+CHAT_LOGIN_FAILURE_LIMIT = int(os.environ.get("CHAT_LOGIN_FAILURE_LIMIT", "10"))
+CHAT_LOGIN_COOLOFF_SECONDS = int(os.environ.get("CHAT_LOGIN_COOLOFF_SECONDS", "900"))
+AXES_ENABLED = CHAT_LOGIN_FAILURE_LIMIT > 0
+AXES_FAILURE_LIMIT = max(CHAT_LOGIN_FAILURE_LIMIT, 1)
+AXES_COOLOFF_TIME = timedelta(seconds=max(CHAT_LOGIN_COOLOFF_SECONDS, 1))
+# Either locks: one account from many addresses, or many accounts from one address.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# `Alice` and `alice` share one counter.
+AXES_USERNAME_CALLABLE = "chat.throttle.login_username"
+AXES_LOCKOUT_CALLABLE = "chat.views.locked_out"
+# Not axes' own reset on success: with "ip_address" among the parameters it deletes every
+# failure from the address, so logging in to one's own account would wipe the counts of the
+# accounts one is guessing at. chat.throttle resets the account's own failures instead.
+AXES_RESET_ON_SUCCESS = False
+# Masked in the failed request axes stores and logs (it masks the password itself).
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "csrfmiddlewaretoken"]
+# The client address, for logins and signups alike, is REMOTE_ADDR: the TCP peer (axes reads
+# it when django-ipware is not installed). Behind a proxy every client has the proxy's.
+
+# Successful signups per client address per clock hour. 0: off.
+CHAT_SIGNUPS_PER_HOUR = int(os.environ.get("CHAT_SIGNUPS_PER_HOUR", "5"))
 
 LOGGING = {
     "version": 1,
