@@ -10,7 +10,6 @@ A client that leaves while parked is forgotten at once.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -142,7 +141,8 @@ class LongPollResource(Resource):
         self._run_query = run_query
         self._jsonp = jsonp
         self._max_text_length = max_text_length
-        self._max_body = max_text_length * 4 + 4096
+        # Room for the longest text however it is encoded, and the other fields.
+        self._max_body = max_text_length * wire.MAX_BYTES_PER_CHAR + 4096
         self._max_timeout = max_timeout
         self._max_response_chars = max_response_chars
         self._default_timeout = min(default_timeout, max_timeout)
@@ -292,10 +292,7 @@ def _authenticate_and_read(environ: dict[str, Any]) -> tuple[Author | None, dict
 def _read_fields(author: Author | None, django_request: Any) -> tuple[Author | None, dict[str, Any]]:
     content_type = django_request.content_type
     if content_type == "application/json":
-        try:
-            fields = json.loads(django_request.body)
-        except ValueError:
-            raise ProtocolError("bad_request", "body is not valid JSON") from None
+        fields = wire.parse_json(django_request.body, "body")
         if not isinstance(fields, dict):
             raise ProtocolError("bad_request", "body must be a JSON object")
         return author, fields

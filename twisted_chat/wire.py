@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,17 @@ MAX_NONCE_LENGTH = 64
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Unicode category Cc (C0 and C1 controls) except tab and newline, and Cs (surrogates).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+# The most bytes one character of text can take in a request body: a character outside the
+# BMP is a surrogate pair of JSON escapes (12 bytes), or 4 UTF-8 bytes percent-encoded (12).
+MAX_BYTES_PER_CHAR = 12
+
+# Bidi embeddings and overrides close with PDF; isolates close with PDI.
+_EMBEDDINGS = frozenset("\u202a\u202b\u202d\u202e")
+_ISOLATES = frozenset("\u2066\u2067\u2068")
+_PDF, _PDI = "\u202c", "\u2069"
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Letters and symbols that draw nothing (Hangul fillers, braille blank, ...).
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +94,11 @@ def parse_nonce(value: Any) -> str:
 
 
 def clean_text(value: Any, max_length: int, nonce: str | None = None) -> str:
-    """Strip control characters (keeping newlines and tabs) and surrounding blanks."""
+    """Strip control characters (keeping newlines and tabs) and surrounding blanks, close
+    the bidi controls a text leaves open, and refuse a text that shows nothing.
+
+    Length is in characters (code points), however the text was encoded on the wire.
+    """
     if not isinstance(value, str):
         raise ProtocolError("bad_request", "'text' must be a string", nonce)
     if len(value) > max_length * 4:
@@ -90,17 +106,55 @@ def clean_text(value: Any, max_length: int, nonce: str | None = None) -> str:
     text = _CONTROL.sub("", value).strip()
     if not text:
         raise ProtocolError("bad_request", "'text' is empty", nonce)
+    if not any(_visible(char) for char in text):
+        raise ProtocolError("bad_request", "'text' has nothing visible", nonce)
+    if _BIDI.search(text):
+        text = balance_bidi(text)
     if len(text) > max_length:
         raise ProtocolError("too_large", f"'text' is over {max_length} characters", nonce)
     return text
 
 
+def _visible(char: str) -> bool:
+    """Draws something by itself: not a control, format character (zero-width spaces and
+    joiners, bidi marks), separator, lone combining mark or blank letter."""
+    return unicodedata.category(char)[0] not in "CZM" and char not in _BLANK
+
+
+def balance_bidi(text: str) -> str:
+    """Drop bidi closers that close nothing and close what is left open, so that a message
+    cannot reverse or reorder whatever the page shows after it."""
+    kept: list[str] = []
+    open_: list[str] = []
+    for char in text:
+        if char in _EMBEDDINGS or char in _ISOLATES:
+            open_.append(char)
+        elif char == _PDF:
+            if not open_ or open_[-1] not in _EMBEDDINGS:
+                continue
+            open_.pop()
+        elif char == _PDI:
+            if not any(c in _ISOLATES for c in open_):
+                continue
+            # A PDI also closes the embeddings opened inside its isolate.
+            while open_.pop() not in _ISOLATES:
+                pass
+        kept.append(char)
+    kept.extend(_PDI if c in _ISOLATES else _PDF for c in reversed(open_))
+    return "".join(kept)
+
+
+def parse_json(data: bytes | str, what: str) -> Any:
+    """JSON from a client. Nesting too deep for the parser is as bad as invalid JSON."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_request", f"{what} is not valid JSON") from None
+
+
 def parse_client_frame(payload: bytes, max_text_length: int) -> Subscribe | Unsubscribe | Send:
     """One WebSocket text frame (already valid UTF-8) into a command."""
-    try:
-        frame = json.loads(payload)
-    except ValueError:
-        raise ProtocolError("bad_request", "frame is not valid JSON") from None
+    frame = parse_json(payload, "frame")
     if not isinstance(frame, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")
     kind = frame.get("type")

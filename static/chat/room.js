@@ -149,6 +149,9 @@ class RoomView {
     const body = document.createElement("span");
     body.className = "text";
     body.textContent = text;
+    // Each name and text is its own bidi isolate: right-to-left text reads right, and no
+    // direction control in one message can reorder anything around it.
+    author.dir = body.dir = "auto";
 
     const row = document.createElement("li");
     row.className = "message";
