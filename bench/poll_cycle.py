@@ -93,7 +93,8 @@ def main() -> None:
         broker,
         SessionCache(maybeDeferred),
         SendRateLimiter(0, 0),
-        ConnectionLimits(0, 0),
+        ConnectionLimits(0),
+        SendRateLimiter(0, 0),
     )
     resource = LongPollResource(reactor, hub, maybeDeferred)
 

@@ -54,6 +54,7 @@ class Server:
         self.kind = kind
         self.profile = profile
         self.port = free_port()
+        self.ops_port = free_port()
         self.workdir = workdir
         self.env = dict(os.environ)
         self.process: subprocess.Popen[bytes] | None = None
@@ -67,6 +68,7 @@ class Server:
                 DJANGO_SECRET_KEY="bench-" + "k" * 50,
                 DATABASE_URL=f"sqlite:///{self.workdir / 'ours.sqlite3'}",
                 CHAT_PORT=str(self.port),
+                CHAT_OPS_PORT=str(self.ops_port),
                 CHAT_SEND_RATE="0",
                 CHAT_MAX_CONNECTIONS_PER_USER="0",
                 CHAT_MAX_CONNECTIONS_PER_IP="0",
@@ -148,7 +150,7 @@ class Server:
         return psutil.Process(self.process.pid).memory_info().rss
 
     def health(self) -> dict[str, Any]:
-        return requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5).json()
+        return requests.get(f"http://127.0.0.1:{self.ops_port}/healthz", timeout=5).json()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

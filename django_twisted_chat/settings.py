@@ -213,6 +213,12 @@ CHAT_MAX_BATCH = 500
 # reactor (bench/README.md); two leave one free while a slow view runs.
 CHAT_WSGI_THREADS = int(os.environ.get("CHAT_WSGI_THREADS", "2"))
 CHAT_DB_THREADS = int(os.environ.get("CHAT_DB_THREADS", "4"))
+# Threads for the requests that hash passwords (login, signup, password change), so that
+# a burst of logins cannot take the page threads.
+CHAT_PASSWORD_THREADS = int(os.environ.get("CHAT_PASSWORD_THREADS", "1"))
+# Jobs that may wait for a thread, per pool; more are refused at once (`unavailable`, 503)
+# rather than delaying everyone behind them.
+CHAT_MAX_THREAD_QUEUE = int(os.environ.get("CHAT_MAX_THREAD_QUEUE", "100"))
 # Redis pub/sub and history backend; empty means the in-memory store.
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")
 # Origins besides the site's own that may open the WebSocket (e.g. "https://chat.example.com").
@@ -223,6 +229,22 @@ CHAT_SEND_BURST = int(os.environ.get("CHAT_SEND_BURST", "20"))
 CHAT_MAX_CONNECTIONS_PER_USER = int(os.environ.get("CHAT_MAX_CONNECTIONS_PER_USER", "20"))
 CHAT_MAX_CONNECTIONS_PER_IP = int(os.environ.get("CHAT_MAX_CONNECTIONS_PER_IP", "200"))
 CHAT_MAX_ROOMS_PER_CONNECTION = int(os.environ.get("CHAT_MAX_ROOMS_PER_CONNECTION", "50"))
+# Subscribes and unsubscribes per second per WebSocket, in bursts of up to the burst.
+CHAT_COMMAND_RATE = float(os.environ.get("CHAT_COMMAND_RATE", "10"))
+CHAT_COMMAND_BURST = int(os.environ.get("CHAT_COMMAND_BURST", "60"))
+# Descriptors kept free below the process's limit (raised to the hard limit at start) for
+# the database, logs and refusals: connections beyond are answered 503 and closed.
+CHAT_FD_RESERVE = int(os.environ.get("CHAT_FD_RESERVE", "100"))
+# Seconds for a request's head and body to arrive once its first byte has; seconds an
+# idle keep-alive connection is kept.
+CHAT_REQUEST_TIMEOUT = float(os.environ.get("CHAT_REQUEST_TIMEOUT", "10"))
+CHAT_IDLE_TIMEOUT = float(os.environ.get("CHAT_IDLE_TIMEOUT", "30"))
+# How long "no such room" is remembered (rooms created meanwhile are known at once).
+CHAT_UNKNOWN_ROOM_SECONDS = float(os.environ.get("CHAT_UNKNOWN_ROOM_SECONDS", "60"))
+# /metrics and the detailed /healthz are served here only (empty: not at all); the public
+# port's /healthz says "ok" or "unavailable" and nothing more.
+CHAT_OPS_PORT = os.environ.get("CHAT_OPS_PORT", "8001")
+CHAT_OPS_INTERFACE = os.environ.get("CHAT_OPS_INTERFACE", "127.0.0.1")
 # Largest WebSocket frame or message, and largest HTTP request body, in bytes.
 CHAT_MAX_WS_MESSAGE_BYTES = int(os.environ.get("CHAT_MAX_WS_MESSAGE_BYTES", str(64 * 1024)))
 CHAT_MAX_REQUEST_BODY_BYTES = int(os.environ.get("CHAT_MAX_REQUEST_BODY_BYTES", str(4 * 1024 * 1024)))

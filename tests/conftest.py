@@ -41,12 +41,17 @@ def server_factory(database_template: Path, tmp_path: Path) -> Iterator:
     """
     started: list[ChatServerProcess] = []
 
-    def start(env: dict[str, str] | None = None, database: Path | None = None) -> ChatServerProcess:
+    def start(
+        env: dict[str, str] | None = None,
+        database: Path | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> ChatServerProcess:
         if database is None:
             database = tmp_path / f"db{len(started)}.sqlite3"
             shutil.copy(database_template, database)
         env = {"CHAT_SEND_RATE": "0", **(env or {})}
-        server = ChatServerProcess(f"sqlite:///{database}", tmp_path / f"server{len(started)}.log", env)
+        log = tmp_path / f"server{len(started)}.log"
+        server = ChatServerProcess(f"sqlite:///{database}", log, env, nofile)
         started.append(server)
         return server.start()
 

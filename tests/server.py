@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 from websockets.sync.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,11 +63,19 @@ def base_env(database_url: str) -> dict[str, str]:
 class ChatServerProcess:
     """One twistd process on a free port, with its own SQLite database file."""
 
-    def __init__(self, database_url: str, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        database_url: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        nofile: tuple[int, int] | None = None,
+    ):
         self.database_url = database_url
+        self.nofile = nofile
         self.log_path = log_path
         self.extra_env = env or {}
         self.port = free_port()
+        self.ops_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,12 +83,28 @@ class ChatServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def ops_url(self) -> str:
+        """The operators' port: /metrics, and /healthz with connection counts."""
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    def stats(self) -> dict[str, Any]:
+        return requests.get(self.ops_url + "/healthz", timeout=5).json()
+
+    def metrics(self) -> str:
+        return requests.get(self.ops_url + "/metrics", timeout=5).text
+
+    @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def start(self, timeout: float = 30.0) -> ChatServerProcess:
         env = base_env(self.database_url)
-        env.update(CHAT_PORT=str(self.port), CHAT_INTERFACE="127.0.0.1", **self.extra_env)
+        env.update(
+            CHAT_PORT=str(self.port),
+            CHAT_INTERFACE="127.0.0.1",
+            CHAT_OPS_PORT=str(self.ops_port),
+            **self.extra_env,
+        )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [TWISTD, "-n", "--pidfile=", "-y", "chatserver.tac"],
@@ -86,15 +112,20 @@ class ChatServerProcess:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self._limit_descriptors if self.nofile else None,
             )
         wait_for(self._healthy, timeout, 0.05, f"the server on port {self.port} to answer /healthz")
         return self
+
+    def _limit_descriptors(self) -> None:
+        """In the child: start with this (soft, hard) limit on open files."""
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
         try:
-            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+            return requests.get(self.ops_url + "/healthz", timeout=1).status_code == 200
         except requests.RequestException:
             return False
 
@@ -128,9 +159,29 @@ class ChatServerProcess:
             return ""
 
 
-def login(server: ChatServerProcess, username: str, password: str = PASSWORD) -> requests.Session:
-    """Log in through Django's own login form, as a browser would."""
+class _SourceAddressAdapter(HTTPAdapter):
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session_from(address: str) -> requests.Session:
+    """An HTTP client whose connections come from ``address`` (e.g. 127.0.0.2: another
+    client address on loopback)."""
     session = requests.Session()
+    session.mount("http://", _SourceAddressAdapter(address))
+    return session
+
+
+def login(
+    server: ChatServerProcess, username: str, password: str = PASSWORD, address: str = "127.0.0.1"
+) -> requests.Session:
+    """Log in through Django's own login form, as a browser would."""
+    session = session_from(address)
     page = session.get(server.url + "/accounts/login/", timeout=10)
     page.raise_for_status()
     response = session.post(
@@ -160,12 +211,15 @@ def ws_connect(
     session: requests.Session | None = None,
     query: str = "",
     origin: str | None = None,
+    address: str = "127.0.0.1",
 ) -> ClientConnection:
     headers = {"Origin": origin or server.url}
     if session is not None:
         headers["Cookie"] = cookie_header(session)
     url = server.ws_url + (f"?{query}" if query else "")
-    return connect(url, additional_headers=headers, open_timeout=10, max_size=2**22)
+    return connect(
+        url, additional_headers=headers, open_timeout=10, max_size=2**22, source_address=(address, 0)
+    )
 
 
 def recv_json(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:

@@ -37,6 +37,8 @@ ERROR_CODES = {
     "unavailable",
     "csrf_failed",
     "method_not_allowed",
+    "request_timeout",
+    "upgrade_required",
 }
 
 
@@ -100,7 +102,8 @@ def fuzz_server(database_template: Path, tmp_path_factory: pytest.TempPathFactor
     server = ChatServerProcess(
         f"sqlite:///{folder / 'db.sqlite3'}",
         folder / "server.log",
-        {"CHAT_SEND_RATE": "0", "CHAT_POLL_MAX_TIMEOUT": "0.05"},
+        # Every example ends with a probe command: no command rate limit here.
+        {"CHAT_SEND_RATE": "0", "CHAT_COMMAND_RATE": "0", "CHAT_POLL_MAX_TIMEOUT": "0.05"},
     )
     server.start()
     yield server

@@ -71,8 +71,10 @@ class Sink:
     def session_ended(self):
         self.calls.append(("session_ended",))
 
+    queued = 0
+
     def queued_bytes(self):
-        return 0
+        return self.queued
 
     def drop_slow(self):
         self.calls.append(("dropped",))
@@ -94,7 +96,8 @@ class World:
             self.broker,
             SessionCache(self.queries),
             SendRateLimiter(0, 0),
-            ConnectionLimits(per_user, 0),
+            ConnectionLimits(per_user),
+            SendRateLimiter(0, 0),
             page_size=3,
         )
 
@@ -235,3 +238,30 @@ def test_a_room_change_during_its_load_is_not_lost(room):
     first.addCallback(infos.append)
     second.addCallback(infos.append)
     assert [info.is_private for info in infos] == [True, True]
+
+
+def test_catch_up_drops_a_client_that_does_not_read_as_live_fan_out_would(room, alice):
+    world = World()
+    world.post(alice, room.id, *[f"m{n}" for n in range(7)])
+    client, sink = world.client()
+    sink.queued = world.hub.max_backlog + 1  # the transport filled up and asked to pause
+    client.paused()
+    client.subscribe(room.id, 0)
+    # The first page (3 messages) went out; no more pages are read for it.
+    assert sink.event_ids(room.id) == [1, 2, 3]
+    assert sink.calls[-1] == ("dropped",)
+    assert client.closed and world.hub.slow_consumers_dropped == 1
+
+
+def test_subscribing_again_resumes_after_what_the_connection_was_sent(room, alice):
+    world = World()
+    world.post(alice, room.id, "one", "two")
+    client, sink = world.client()
+    client.subscribe(room.id, 0)
+    world.post(alice, room.id, "three")
+    assert sink.event_ids(room.id) == [1, 2, 3]
+    client.unsubscribe(room.id)
+    client.subscribe(room.id, 0)
+    client.subscribe(room.id, None)
+    world.post(alice, room.id, "four")
+    assert sink.event_ids(room.id) == [1, 2, 3, 4]

@@ -3,26 +3,8 @@
 from __future__ import annotations
 
 import requests
-from requests.adapters import HTTPAdapter
 
-from .server import PASSWORD, ChatServerProcess
-
-
-class SourceAddressAdapter(HTTPAdapter):
-    """Connects from a chosen loopback address, so the server sees another client address."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
-
-
-def client(address: str = "127.0.0.1") -> requests.Session:
-    session = requests.Session()
-    session.mount("http://", SourceAddressAdapter(address))
-    return session
+from .server import PASSWORD, ChatServerProcess, session_from
 
 
 def post_login(
@@ -47,7 +29,7 @@ def post_login(
 
 def test_wrong_passwords_lock_the_account_and_address_but_not_others(server_factory):
     server = server_factory(env={"CHAT_LOGIN_FAILURE_LIMIT": "5"})
-    attacker = client("127.0.0.1")
+    attacker = session_from("127.0.0.1")
     codes = [post_login(attacker, server, "alice", f"wrong-{i}").status_code for i in range(6)]
     assert codes == [200] * 4 + [429] * 2, codes
 
@@ -60,7 +42,7 @@ def test_wrong_passwords_lock_the_account_and_address_but_not_others(server_fact
     assert refused.json()["error"]["retry_after"] == 900
 
     # Another account from another address logs in; pages still answer.
-    bob = client("127.0.0.2")
+    bob = session_from("127.0.0.2")
     response = post_login(bob, server, "bob", PASSWORD)
     assert response.status_code == 302 and "sessionid" in bob.cookies
     assert bob.get(server.url + "/chats/", timeout=10).status_code == 200

@@ -22,7 +22,7 @@ LOBBY = 1
 
 
 def health(server) -> dict:
-    return requests.get(server.url + "/healthz", timeout=5).json()
+    return server.stats()
 
 
 def raw_websocket(server, query: str = "", receive_buffer: int | None = None) -> socket.socket:
@@ -79,7 +79,7 @@ def test_slow_consumer_is_dropped_others_unaffected_and_it_can_resume(server):
             acked = pipeline_sends(sender, count, filler, "s")
         reading.join(60)
     assert received == acked == list(range(1, count + 1)), "the fast reader was disturbed"
-    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    metrics = server.metrics()
     assert "chat_slow_consumer_disconnects_total 1.0" in metrics
     wait_for(lambda: health(server)["websockets"] == 0, what="the slow consumer to be dropped")
     slow.close()
@@ -159,7 +159,7 @@ def test_ten_thousand_abandoned_polls_leave_no_waiter(server_factory):
         wait_for(
             lambda: health(server)["parked_polls"] == 0, timeout=30, what="abandoned polls to be forgotten"
         )
-    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    metrics = server.metrics()
     assert "chat_longpoll_parked 0.0" in metrics
 
 
@@ -170,7 +170,7 @@ def test_metrics_count_what_happened(server):
         pipeline_sends(sender, 5, "m", "m")
         for _ in range(5):
             recv_json(reader)
-        text = requests.get(server.url + "/metrics", timeout=5).text
+        text = server.metrics()
     for line in (
         "chat_messages_accepted_total 5.0",
         "chat_messages_published_total 5.0",

@@ -13,7 +13,18 @@ import pytest
 import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .server import ROOT, base_env, login, poll, post_message, recv_json, recv_until, wait_for, ws_connect
+from .server import (
+    ROOT,
+    base_env,
+    login,
+    poll,
+    post_message,
+    recv_json,
+    recv_until,
+    session_from,
+    wait_for,
+    ws_connect,
+)
 
 LOBBY, PRIVATE = 1, 3
 
@@ -135,17 +146,37 @@ def test_send_rate_is_limited_per_user_without_affecting_others(server_factory):
 
 
 def test_connections_per_user_and_per_address_are_capped(server_factory):
+    """Every TCP connection counts against its address (WebSockets, polls, plain HTTP);
+    WebSockets and polls count against their user too. Other addresses carry on."""
     server = server_factory({"CHAT_MAX_CONNECTIONS_PER_USER": "2", "CHAT_MAX_CONNECTIONS_PER_IP": "4"})
     alice = login(server, "alice")
+    alice.close()  # no kept-alive HTTP connection from here on
+
+    def open_connections(count: int) -> bool:
+        return server.stats()["connections"] == count
+
     with contextlib.ExitStack() as open_sockets:
         first = open_sockets.enter_context(ws_connect(server, alice))
         open_sockets.enter_context(ws_connect(server, alice))
         assert handshake_status(server, session=alice) == 429
+        wait_for(lambda: open_connections(2), what="the refused handshake to be closed")
         open_sockets.enter_context(ws_connect(server))
         open_sockets.enter_context(ws_connect(server))
         assert handshake_status(server) == 429
+        refused_poll = poll(server, LOBBY)
+        assert refused_poll.status_code == 429
+        assert refused_poll.json()["error"]["code"] == "too_many_connections"
+        assert requests.get(server.url + "/chats/", timeout=10).status_code == 429
+        # Another address is not affected, and neither is alice's user from there.
+        elsewhere = session_from("127.0.0.2")
+        assert elsewhere.get(server.url + "/chats/", timeout=10).status_code == 200
+        elsewhere.close()
+        with ws_connect(server, address="127.0.0.2") as other:
+            other.send(json.dumps({"type": "subscribe", "room": LOBBY}))
+            assert recv_json(other)["type"] == "subscribed"
         first.close()
-        wait_for(lambda: handshake_status(server, session=alice) == 101, what="a freed slot to be reusable")
+        wait_for(lambda: open_connections(3), what="the closed WebSocket to be released")
+        assert handshake_status(server, session=alice) == 101
 
 
 def test_rooms_per_connection_are_capped(server_factory):

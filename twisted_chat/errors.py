@@ -25,8 +25,10 @@ CODES: dict[str, tuple[int, bool]] = {
     "csrf_failed": (403, False),
     "unknown_room": (404, False),
     "method_not_allowed": (405, False),
+    "request_timeout": (408, True),
     "too_large": (413, False),
     "unsupported_media_type": (415, False),
+    "upgrade_required": (426, False),
     "too_many_rooms": (429, False),
     "too_many_connections": (429, True),
     "rate_limited": (429, True),
@@ -77,10 +79,12 @@ def no_such_room(room: int | None = None, nonce: str | None = None) -> ProtocolE
     return ProtocolError("unknown_room", "no such room", nonce, room=room)
 
 
-def rate_limited(wait: float, nonce: str | None = None) -> ProtocolError:
+def rate_limited(
+    wait: float, nonce: str | None = None, what: str = "messages", room: int | None = None
+) -> ProtocolError:
     """``wait`` is rounded up, so a client that waits exactly that long gets through."""
     wait = math.ceil(wait * 100) / 100
-    return ProtocolError("rate_limited", f"too many messages: retry in {wait}s", nonce, retry_after=wait)
+    return ProtocolError("rate_limited", f"too many {what}: retry in {wait}s", nonce, wait, room)
 
 
 def as_protocol_error(failure: Failure, nonce: str | None = None, room: int | None = None) -> ProtocolError:

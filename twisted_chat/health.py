@@ -1,6 +1,7 @@
-"""``/healthz``: 200 when the database answers, 503 with the reason when it does not.
+"""``/healthz``: 200 when the database answers, 503 when it does not.
 
-The 200 body also counts open connections, which tests and operators wait on.
+On the public port that is all it says. On the operators' port (``stats`` given) it also
+says why it is unhealthy and counts open connections, which tests and operators wait on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ class HealthResource(Resource):
     isLeaf = True
 
     def __init__(
-        self, reactor: Any, run_query: Any, stats: Callable[[], dict[str, int]], timeout: float = 5.0
+        self,
+        reactor: Any,
+        run_query: Any,
+        stats: Callable[[], dict[str, int]] | None = None,
+        timeout: float = 5.0,
     ):
         super().__init__()
         self._stats = stats
@@ -36,12 +41,15 @@ class HealthResource(Resource):
         return NOT_DONE_YET
 
     def _healthy(self, _: None, request: Request) -> None:
-        _respond(request, json_body(request, {"status": "ok", **self._stats()}))
+        stats = self._stats() if self._stats is not None else {}
+        _respond(request, json_body(request, {"status": "ok", **stats}))
 
     def _unhealthy(self, failure: Failure, request: Request) -> None:
-        what = failure.getErrorMessage() or getattr(failure.type, "__name__", "error")
-        reason = f"database: {what}"
-        _respond(request, json_body(request, {"status": "unavailable", "reason": reason}, 503))
+        body = {"status": "unavailable"}
+        if self._stats is not None:
+            what = failure.getErrorMessage() or getattr(failure.type, "__name__", "error")
+            body["reason"] = f"database: {what}"
+        _respond(request, json_body(request, body, 503))
 
 
 def _respond(request: Request, body: bytes) -> None:

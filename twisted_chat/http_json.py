@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from twisted.web.server import Request
@@ -20,3 +21,19 @@ def json_body(request: Request, obj: Any, status: int = 200) -> bytes:
 
 def error_body(request: Request, error: ProtocolError) -> bytes:
     return json_body(request, error.as_http_body(), error.status)
+
+
+def raw_error_response(error: ProtocolError) -> bytes:
+    """A whole HTTP response for a connection that is refused before (or instead of)
+    being parsed: too many connections, a request too slow or too large."""
+    body = json.dumps(error.as_http_body(), separators=(",", ":")).encode()
+    head = [
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
+        "Content-Type: application/json; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    if error.retry_after is not None:
+        head.append(f"Retry-After: {max(1, round(error.retry_after))}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body

@@ -85,13 +85,15 @@ class SubscriptionState(enum.Enum):
 
 
 class Subscription:
-    __slots__ = ("buffer", "client", "room_id", "since", "state")
+    __slots__ = ("buffer", "client", "room_id", "sent", "since", "state")
 
     def __init__(self, client: Client, room_id: int, since: int | None):
         self.client = client
         self.room_id = room_id
         self.since = since
         self.state = SubscriptionState.LOADING
+        # The newest message id catch-up has handed to the client.
+        self.sent = 0
         # Live events that arrive while catching up, delivered after the history.
         self.buffer: list[RoomEvent] = []
 
@@ -103,22 +105,34 @@ class Subscription:
 class Client:
     """One connection (a WebSocket, a parked poll) as the hub sees it."""
 
-    __slots__ = ("_lease", "_sends", "closed", "hub", "identity", "sink", "subscriptions")
+    __slots__ = ("_lease", "_sends", "closed", "hub", "identity", "resume_after", "sink", "subscriptions")
 
     def __init__(self, hub: RoomHub, sink: ClientSink, identity: Identity, lease: Lease):
         self.hub = hub
         self.sink = sink
         self.identity = identity
         self.subscriptions: dict[int, Subscription] = {}
+        # Per room left, the newest id this connection was already sent: subscribing again
+        # resumes after it instead of sending the history a second time.
+        self.resume_after: dict[int, int] = {}
         self.closed = False
         self._lease = lease
         # The chain that keeps sends in order; most connections only read, so none yet.
         self._sends: Deferred[None] | None = None
 
     def subscribe(self, room_id: int, since: int | None) -> None:
-        self.hub.join(self, room_id, since)
+        """Join a room; the sink hears ``subscribed`` or ``subscribe_failed``."""
+        wait = self.hub.command_limiter.retry_after(self)
+        if wait:
+            self.sink.subscribe_failed(room_id, rate_limited(wait, what="commands", room=room_id))
+        else:
+            self.hub.join(self, room_id, since)
 
     def unsubscribe(self, room_id: int) -> None:
+        """Leave a room; raises ProtocolError ``rate_limited``."""
+        wait = self.hub.command_limiter.retry_after(self)
+        if wait:
+            raise rate_limited(wait, what="commands", room=room_id)
         subscription = self.subscriptions.get(room_id)
         if subscription is not None:
             self.hub.leave(subscription)
@@ -155,16 +169,19 @@ class Client:
         for subscription in list(self.subscriptions.values()):
             self.hub.leave(subscription)
         self.hub.forget(self)
+        self.hub.command_limiter.forget(self)
         self._lease.release()
 
 
 class _Room:
     """The hub's clients in one room."""
 
-    __slots__ = ("catching_up", "live", "ready", "subscribed")
+    __slots__ = ("catching_up", "live", "newest", "ready", "subscribed")
 
     def __init__(self, ready: Deferred[None]):
         self.catching_up: set[Subscription] = set()
+        # The newest message id published to the live subscriptions.
+        self.newest = 0
         # Each live subscription's ``deliver``, looked up once: it is called per event batch
         # for every client in the room.
         self.live: dict[Subscription, Callable[[int, Sequence[RoomEvent]], None]] = {}
@@ -187,6 +204,7 @@ class RoomHub:
         sessions: SessionCache,
         send_limiter: SendRateLimiter,
         connection_limits: ConnectionLimits,
+        command_limiter: SendRateLimiter,
         *,
         max_rooms_per_client: int = 50,
         recent_count: int = 50,
@@ -199,6 +217,8 @@ class RoomHub:
         self.sessions = sessions
         self.send_limiter = send_limiter
         self.connection_limits = connection_limits
+        # Subscribes and unsubscribes, per client: each may cost a query and a history.
+        self.command_limiter = command_limiter
         self.max_rooms_per_client = max_rooms_per_client
         self.recent_count = recent_count
         self.page_size = page_size
@@ -219,7 +239,7 @@ class RoomHub:
     def connect(self, sink: ClientSink, identity: Identity) -> Client:
         """Admit a connection; raises ProtocolError ``too_many_connections``."""
         author_id = identity.author.id if identity.author is not None else None
-        lease = self.connection_limits.admit(identity.peer, author_id)
+        lease = self.connection_limits.admit(author_id)
         client = Client(self, sink, identity, lease)
         for index, key in self._index_keys(client):
             index.setdefault(key, set()).add(client)
@@ -301,6 +321,9 @@ class RoomHub:
             )
             client.sink.subscribe_failed(room_id, error)
             return
+        sent = client.resume_after.pop(room_id, None)
+        if sent is not None:
+            since = sent if since is None else max(since, sent)
         subscription = client.subscriptions[room_id] = Subscription(client, room_id, since)
         (
             self.directory.get(room_id)
@@ -351,8 +374,10 @@ class RoomHub:
         if len(messages) < self.page_size:
             self._caught_up(messages, subscription, cursor)
             return None
+        cursor = subscription.sent = messages[-1].id
         subscription.client.sink.deliver(subscription.room_id, messages)
-        cursor = messages[-1].id
+        if self._drop_if_behind(subscription.client):
+            return None
         more = self.log.read_after(subscription.room_id, cursor, self.page_size)
         return more.addCallback(self._page, subscription, cursor)
 
@@ -366,7 +391,10 @@ class RoomHub:
         for event in subscription.buffer:
             if not isinstance(event, ChatMessage) or event.id > cursor:
                 events.append(event)
+                if isinstance(event, ChatMessage):
+                    cursor = event.id
         subscription.buffer = []
+        subscription.sent = cursor
         room = self._rooms[subscription.room_id]
         room.catching_up.discard(subscription)
         sink = subscription.client.sink
@@ -374,6 +402,8 @@ class RoomHub:
         subscription.state = SubscriptionState.LIVE
         if events:
             sink.deliver(subscription.room_id, events)
+            if self._drop_if_behind(subscription.client):
+                return
         if subscription.current:
             sink.caught_up(subscription.room_id)
 
@@ -394,11 +424,23 @@ class RoomHub:
         room = self._rooms.get(room_id)
         if room is None:
             return
+        if not client.closed:
+            self._remember_sent(client, subscription, room)
         room.catching_up.discard(subscription)
         room.live.pop(subscription, None)
         if not room:
             del self._rooms[room_id]
             self.broker.unsubscribe(room_id, self._publish)
+
+    def _remember_sent(self, client: Client, subscription: Subscription, room: _Room) -> None:
+        """Note how far this client got in a room it leaves, in case it subscribes again."""
+        sent = subscription.sent
+        if subscription in room.live:
+            sent = max(sent, room.newest)
+        if sent:
+            client.resume_after[subscription.room_id] = sent
+            if len(client.resume_after) > self.max_rooms_per_client:
+                del client.resume_after[next(iter(client.resume_after))]
 
     # --- live events ----------------------------------------------------------------------
 
@@ -409,6 +451,10 @@ class RoomHub:
             return
         if self.paused:
             self._drop_slow_consumers()
+        for event in reversed(events):
+            if isinstance(event, ChatMessage):
+                room.newest = event.id
+                break
         for subscription in room.catching_up:
             subscription.buffer.extend(events)
         for deliver in tuple(room.live.values()):
@@ -422,11 +468,22 @@ class RoomHub:
         stays under the limit plus one batch plus the socket buffer.
         """
         for client in [c for c in self.paused if c.sink.queued_bytes() > self.max_backlog]:
-            self.paused.discard(client)
-            self.slow_consumers_dropped += 1
-            log.warning("dropping a slow consumer (%d bytes behind)", client.sink.queued_bytes())
-            client.close()
-            client.sink.drop_slow()
+            self._drop_slow(client)
+
+    def _drop_if_behind(self, client: Client) -> bool:
+        """After catch-up wrote a page: a client that does not read gets no more than live
+        clients may queue (the limit plus one page), whatever it asks for."""
+        if client in self.paused and client.sink.queued_bytes() > self.max_backlog:
+            self._drop_slow(client)
+            return True
+        return False
+
+    def _drop_slow(self, client: Client) -> None:
+        self.paused.discard(client)
+        self.slow_consumers_dropped += 1
+        log.warning("dropping a slow consumer (%d bytes behind)", client.sink.queued_bytes())
+        client.close()
+        client.sink.drop_slow()
 
     def message_deleted(self, room_id: int, message_id: int) -> None:
         """An admin deleted a message: leave it out of history and tell the room."""

@@ -1,10 +1,11 @@
-"""Abuse limits: a token bucket per user for sends, and open connections per user and address.
+"""Abuse limits: token buckets (sends, commands), open connections per user, per address and in all.
 
-Both live on the reactor thread and are bounded: idle buckets are dropped as they refill.
+All live on the reactor thread and are bounded: idle buckets are dropped as they refill.
 """
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Hashable
 
@@ -45,6 +46,9 @@ class SendRateLimiter:
         self._buckets[key] = (tokens, now, now + wait)
         return wait
 
+    def forget(self, key: Hashable) -> None:
+        self._buckets.pop(key, None)
+
     def _forget_full(self, now: float) -> None:
         full = [
             key
@@ -72,46 +76,91 @@ class _Counter:
 
 
 class ConnectionLimits:
-    """Open connections per user and per address, over every transport (0: no limit)."""
+    """Open WebSockets and polls per user, over every transport (0: no limit).
 
-    def __init__(self, per_user: int, per_address: int):
+    Addresses are counted earlier, per TCP connection, by the ``ConnectionGate``.
+    """
+
+    def __init__(self, per_user: int):
         self._users = _Counter(per_user)
-        self._addresses = _Counter(per_address)
 
-    def admit(self, address: str, user_id: int | None) -> Lease:
+    def admit(self, user_id: int | None) -> Lease:
         """Take a slot, or raise ProtocolError ``too_many_connections``."""
-        if self._addresses.full(address):
-            raise _too_many("address")
-        if user_id is not None and self._users.full(user_id):
-            raise _too_many("user")
-        self._addresses.add(address, 1)
-        if user_id is not None:
-            self._users.add(user_id, 1)
-        return Lease(self, address, user_id)
+        if user_id is None:
+            return Lease(None, None)
+        if self._users.full(user_id):
+            raise too_many_connections("user")
+        self._users.add(user_id, 1)
+        return Lease(self, user_id)
 
-    def _release(self, address: str, user_id: int | None) -> None:
-        self._addresses.add(address, -1)
-        if user_id is not None:
-            self._users.add(user_id, -1)
+    def _release(self, user_id: int) -> None:
+        self._users.add(user_id, -1)
 
 
 class Lease:
     """One connection's slot; ``release`` gives it back, once however often it is called."""
 
-    __slots__ = ("_address", "_limits", "_user_id")
+    __slots__ = ("_limits", "_user_id")
 
-    def __init__(self, limits: ConnectionLimits, address: str, user_id: int | None):
-        self._limits: ConnectionLimits | None = limits
-        self._address = address
+    def __init__(self, limits: ConnectionLimits | None, user_id: int | None):
+        self._limits = limits
         self._user_id = user_id
 
     def release(self) -> None:
-        if self._limits is not None:
-            self._limits._release(self._address, self._user_id)
+        if self._limits is not None and self._user_id is not None:
+            self._limits._release(self._user_id)
             self._limits = None
 
 
-def _too_many(what: str) -> ProtocolError:
+class ConnectionGate:
+    """Every TCP connection of the public port, per address and in all (0: no limit).
+
+    One count covers every kind of connection (WebSockets, parked polls, plain HTTP), so
+    one address cannot take the descriptors everyone else needs. ``total`` stays below the
+    process's descriptor limit by a reserve, so the database can still open files and a
+    refused client still gets an answer. Connections are keyed by their transport, which
+    stays the same when an HTTP connection is upgraded to a WebSocket.
+    """
+
+    def __init__(self, per_address: int, total: int):
+        self._addresses = _Counter(per_address)
+        self.total = total
+        self._open: dict[object, str] = {}
+        self.refused = 0
+
+    def admit(self, transport: object, address: str) -> ProtocolError | None:
+        """Count a new connection, or say why it is refused."""
+        if self.total > 0 and len(self._open) >= self.total:
+            self.refused += 1
+            return ProtocolError("unavailable", "the server is busy: try again shortly", retry_after=5.0)
+        if self._addresses.full(address):
+            self.refused += 1
+            return too_many_connections("address")
+        self._open[transport] = address
+        self._addresses.add(address, 1)
+        return None
+
+    def release(self, transport: object) -> None:
+        """The connection is gone (however often that is said)."""
+        address = self._open.pop(transport, None)
+        if address is not None:
+            self._addresses.add(address, -1)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft limit on open files to the hard one; return the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
+def too_many_connections(what: str) -> ProtocolError:
     return ProtocolError(
         "too_many_connections", f"too many open connections for this {what}", retry_after=5.0
     )

@@ -79,9 +79,20 @@ class _ServerCollector(Collector):
         queue = GaugeMetricFamily(
             "chat_threadpool_queue_depth", "Jobs waiting for a thread.", labels=["pool"]
         )
+        refused = CounterMetricFamily(
+            "chat_threadpool_refused", "Jobs refused because the queue was full.", labels=["pool"]
+        )
         for pool in server.thread_pools:
             queue.add_metric([pool.name], pool.queue_depth)
+            refused.add_metric([pool.name], pool.refused)
         yield queue
+        yield refused
+        yield _gauge("chat_connections", "Open TCP connections on the public port.", server.gate.open_count)
+        yield _counter(
+            "chat_connections_refused",
+            "Connections refused: the address's limit, or the descriptor reserve.",
+            server.gate.refused,
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

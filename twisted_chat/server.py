@@ -13,7 +13,6 @@ import sys
 from collections.abc import Generator
 from typing import Any, cast
 
-from autobahn.twisted.resource import WebSocketResource
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.urls import get_resolver
@@ -21,17 +20,17 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.web.wsgi import WSGIResource
 
 from . import django_signals
 from .access import AccessLog
+from .django_resource import DjangoResource
 from .health import HealthResource
 from .hub import RoomHub
-from .limits import ConnectionLimits, SendRateLimiter
+from .limits import ConnectionGate, ConnectionLimits, SendRateLimiter, raise_descriptor_limit
 from .longpoll import LongPollResource
 from .metrics import ChatMetrics, MetricsResource
 from .sessions import SessionCache
-from .site import build_site
+from .site import build_ops_site, build_site
 from .static import static_resource
 from .storage import Storage, check_backend
 from .storage.directory import LocalRoomDirectory
@@ -39,7 +38,7 @@ from .storage.memory_broker import LocalBroker
 from .storage.memory_presence import LocalPresence
 from .storage.message_log import SqlMessageLog
 from .threads import ThreadPoolService
-from .websocket import ChatWebSocketFactory
+from .websocket import ChatWebSocketFactory, ChatWebSocketResource
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +51,13 @@ class ChatServer(MultiService):
         # which stalls every connection. A shorter interval bounds that wait.
         sys.setswitchinterval(settings.CHAT_GIL_SWITCH_INTERVAL)
         self.reactor = reactor
-        self.wsgi_threads = ThreadPoolService(reactor, "django-wsgi", settings.CHAT_WSGI_THREADS)
-        self.db_threads = ThreadPoolService(reactor, "chat-db", settings.CHAT_DB_THREADS)
+        max_queue = settings.CHAT_MAX_THREAD_QUEUE
+        self.wsgi_threads = ThreadPoolService(reactor, "django-wsgi", settings.CHAT_WSGI_THREADS, max_queue)
+        self.password_threads = ThreadPoolService(
+            reactor, "django-passwords", settings.CHAT_PASSWORD_THREADS, max_queue
+        )
+        self.db_threads = ThreadPoolService(reactor, "chat-db", settings.CHAT_DB_THREADS, max_queue)
+        # The group commit batches whatever waits, so its queue stays short by itself.
         self.writer_threads = ThreadPoolService(reactor, "chat-writer", 1)
         for pool in self.thread_pools:
             pool.setServiceParent(self)
@@ -72,7 +76,9 @@ class ChatServer(MultiService):
             on_batch=self.metrics.batch_written,
         )
         self.storage = Storage(
-            LocalRoomDirectory(self.db_threads.run, settings.CHAT_MAX_IDLE_ROOMS),
+            LocalRoomDirectory(
+                self.db_threads.run, settings.CHAT_MAX_IDLE_ROOMS, settings.CHAT_UNKNOWN_ROOM_SECONDS
+            ),
             self.message_log,
             broker,
             LocalPresence(),
@@ -83,7 +89,8 @@ class ChatServer(MultiService):
             self.storage.broker,
             SessionCache(self.db_threads.run, ttl=settings.CHAT_SESSION_RECHECK_SECONDS),
             SendRateLimiter(settings.CHAT_SEND_RATE, settings.CHAT_SEND_BURST),
-            ConnectionLimits(settings.CHAT_MAX_CONNECTIONS_PER_USER, settings.CHAT_MAX_CONNECTIONS_PER_IP),
+            ConnectionLimits(settings.CHAT_MAX_CONNECTIONS_PER_USER),
+            SendRateLimiter(settings.CHAT_COMMAND_RATE, settings.CHAT_COMMAND_BURST),
             max_rooms_per_client=settings.CHAT_MAX_ROOMS_PER_CONNECTION,
             recent_count=settings.CHAT_RECENT_COUNT,
             page_size=settings.CHAT_POLL_PAGE_SIZE,
@@ -91,9 +98,16 @@ class ChatServer(MultiService):
         )
         django_signals.connect(reactor, self.hub, self.storage.directory)
 
+        descriptors = raise_descriptor_limit()
+        self.gate = ConnectionGate(
+            settings.CHAT_MAX_CONNECTIONS_PER_IP,
+            max(descriptors - settings.CHAT_FD_RESERVE, 1) if descriptors > 0 else 0,
+        )
+        log.info("open files limit %d: at most %d connections", descriptors, self.gate.total)
         self.websockets = ChatWebSocketFactory(
             self.hub,
             AccessLog(),
+            self.gate,
             max_message_size=settings.CHAT_MAX_WS_MESSAGE_BYTES,
             allowed_origins=settings.CHAT_ALLOWED_ORIGINS,
             max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
@@ -111,26 +125,43 @@ class ChatServer(MultiService):
             max_response_chars=settings.CHAT_MAX_POLL_RESPONSE_CHARS,
         )
         self.site = build_site(
-            WSGIResource(reactor, self.wsgi_threads.pool, WSGIHandler()),
-            WebSocketResource(self.websockets),
+            DjangoResource(reactor, WSGIHandler(), self.wsgi_threads, self.password_threads),
+            ChatWebSocketResource(self.websockets),
             self.longpoll,
             static_resource(),
-            HealthResource(reactor, self.db_threads.run, self.stats),
+            HealthResource(reactor, self.db_threads.run),
+            self.gate,
+            _allowed_hosts(),
             max_body=settings.CHAT_MAX_REQUEST_BODY_BYTES,
-            extra={b"metrics": MetricsResource(self.metrics)},
+            request_timeout=settings.CHAT_REQUEST_TIMEOUT,
+            idle_timeout=settings.CHAT_IDLE_TIMEOUT,
         )
         self.metrics.watch(self)
         self.listener = strports.service(
             f"tcp:{port}:interface={interface}", cast(IProtocolFactory, self.site)
         )
         self.listener.setServiceParent(self)
+        if settings.CHAT_OPS_PORT:
+            # Operators only: counts and metrics tell an outsider when hidden rooms are busy.
+            ops = build_ops_site(
+                {
+                    b"healthz": HealthResource(reactor, self.db_threads.run, self.stats),
+                    b"metrics": MetricsResource(self.metrics),
+                }
+            )
+            strports.service(
+                f"tcp:{settings.CHAT_OPS_PORT}:interface={settings.CHAT_OPS_INTERFACE}",
+                cast(IProtocolFactory, ops),
+            ).setServiceParent(self)
 
     @property
     def thread_pools(self) -> tuple[ThreadPoolService, ...]:
-        return (self.wsgi_threads, self.db_threads, self.writer_threads)
+        return (self.wsgi_threads, self.password_threads, self.db_threads, self.writer_threads)
 
     def stats(self) -> dict[str, int]:
         return {
+            "connections": self.gate.open_count,
+            "max_connections": self.gate.total,
             "websockets": len(self.websockets.connections),
             "subscriptions": self.hub.subscription_count,
             "parked_polls": self.longpoll.parked_count,
@@ -158,3 +189,10 @@ class ChatServer(MultiService):
         yield DeferredList([d for d in others if d is not None])
         self.running = 0
         log.info("shut down cleanly")
+
+
+def _allowed_hosts() -> list[str]:
+    """``ALLOWED_HOSTS`` as Django applies it: in DEBUG, empty means the local names."""
+    if settings.DEBUG and not settings.ALLOWED_HOSTS:
+        return [".localhost", "127.0.0.1", "[::1]"]
+    return list(settings.ALLOWED_HOSTS)

@@ -2,6 +2,8 @@
 
 Twisted's own pool is shared with DNS and deferToThread; the chat gets its own named
 pools, sized to the database connection budget, started and stopped with the service.
+Each pool's queue is bounded: a flood of work is refused at once (``StoreUnavailable``,
+which clients see as ``unavailable``) instead of making everyone wait behind it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any, TypeVar
 from django.db import close_old_connections
 from twisted.application.service import Service
 from twisted.internet import threads
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.python.threadpool import ThreadPool
+
+from .storage.interfaces import StoreUnavailable
 
 T = TypeVar("T")
 
@@ -31,22 +35,40 @@ def _with_fresh_connection(fn: Callable[..., T], *args: Any) -> T:
 class ThreadPoolService(Service):
     """A named thread pool, started and stopped with the server; ``run`` jobs may use the ORM."""
 
-    def __init__(self, reactor: Any, name: str, size: int):
+    def __init__(self, reactor: Any, name: str, size: int, max_queue: int = 0):
         self.name = name
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=1, maxthreads=size, name=name)
+        self.max_queue = max_queue
+        self.refused = 0
         self._waiting = 0
         self._lock = threading.Lock()
 
+    @property
+    def full(self) -> bool:
+        return 0 < self.max_queue <= self._waiting
+
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``fn`` in a thread, with a fresh database connection, unless the queue is full."""
+        if self.full:
+            self.refused += 1
+            return fail(StoreUnavailable(f"the server is busy ({self.name}): try again shortly"))
         with self._lock:
             self._waiting += 1
-        return threads.deferToThreadPool(self.reactor, self.pool, self._job, fn, *args)
+        return threads.deferToThreadPool(
+            self.reactor, self.pool, self._counted, _with_fresh_connection, fn, *args
+        )
 
-    def _job(self, fn: Callable[..., T], *args: Any) -> T:
+    def callInThread(self, fn: Callable[..., object], *args: Any) -> None:
+        """ThreadPool's own interface, counted (twisted.web.wsgi hands its requests here)."""
+        with self._lock:
+            self._waiting += 1
+        self.pool.callInThread(self._counted, fn, *args)
+
+    def _counted(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
             self._waiting -= 1
-        return _with_fresh_connection(fn, *args)
+        return fn(*args)
 
     @property
     def queue_depth(self) -> int:

@@ -14,17 +14,22 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from twisted.web.server import Request
 
 from . import wire
 from .access import AccessLog
 from .eager_write import queued_bytes, write_now
 from .errors import ProtocolError, as_protocol_error
 from .events import Author, RoomEvent
+from .http_json import error_body
 from .hub import Client, Identity, RoomHub
+from .limits import ConnectionGate
 from .sessions import keys_from_cookies
 
 log = logging.getLogger(__name__)
@@ -99,18 +104,30 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
             self.client.close()
             self.factory.connection_closed(self, code)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # The HTTP connection that became this WebSocket was counted by the site's gate;
+        # its channel no longer hears of the transport, so the slot is given back here.
+        transport = self.transport
+        super().connectionLost(reason)
+        self.factory.gate.release(transport)
+
     # --- IPushProducer: the transport's send buffer --------------------------------------
 
     def pauseProducing(self) -> None:
+        """The send buffer is full: read no more frames until it drains, so a client that
+        does not read cannot make the server queue answers to its commands."""
+        self._tcp.pauseProducing()
         if self.client is not None:
             self.client.paused()
 
     def resumeProducing(self) -> None:
+        self._tcp.resumeProducing()
         if self.client is not None:
             self.client.resumed()
 
     def stopProducing(self) -> None:
-        self.resumeProducing()
+        if self.client is not None:
+            self.client.resumed()
 
     # --- frames from the client ---------------------------------------------------------
 
@@ -142,8 +159,12 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         elif isinstance(command, wire.Subscribe):
             client.subscribe(command.room, command.since)
         else:
-            client.unsubscribe(command.room)
-            self.send_json({"type": "unsubscribed", "room": command.room})
+            try:
+                client.unsubscribe(command.room)
+            except ProtocolError as error:
+                self.send_error(error)
+            else:
+                self.send_json({"type": "unsubscribed", "room": command.room})
 
     def _acknowledge(self, message_id: int, command: wire.Send) -> None:
         reply: dict[str, Any] = {"type": "ack", "room": command.room, "id": message_id}
@@ -235,6 +256,17 @@ def _initial_subscription(params: dict[str, list[str]]) -> wire.Subscribe | Prot
         return error
 
 
+class ChatWebSocketResource(WebSocketResource):
+    """autobahn's resource, but a plain GET (no upgrade) gets a JSON 426, not autobahn's
+    HTML page naming its version."""
+
+    def render(self, request: Request) -> bytes:
+        if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
+            request.setHeader(b"upgrade", b"websocket")
+            return error_body(request, ProtocolError("upgrade_required", "this is a WebSocket endpoint"))
+        return super().render(request)
+
+
 class ChatWebSocketFactory(WebSocketServerFactory):
     protocol = ChatWebSocketProtocol  # type: ignore[assignment]
 
@@ -242,6 +274,7 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         self,
         hub: RoomHub,
         access_log: AccessLog,
+        gate: ConnectionGate,
         *,
         allowed_origins: Sequence[str] = (),
         max_text_length: int = 4000,
@@ -249,9 +282,11 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         ping_interval: float = 20,
         ping_timeout: float = 20,
     ):
-        super().__init__()
+        # No Server header: versions are nobody's business.
+        super().__init__(server=None)
         self.hub = hub
         self.access_log = access_log
+        self.gate = gate
         self.delivered = 0
         self._all_closed: list[Deferred[None]] = []
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}

@@ -23,7 +23,8 @@ T = TypeVar("T")
 class RoomLoads(Generic[T]):
     """Runs ``load(room_id)`` once for all who ask while it runs.
 
-    A failure other than UnknownRoom is logged, and reaches the callers as StoreUnavailable.
+    A failure other than UnknownRoom or StoreUnavailable (a full queue) is logged, and
+    reaches the callers as StoreUnavailable.
     """
 
     def __init__(self, load: Callable[[int], Deferred[T]]):
@@ -46,7 +47,7 @@ class RoomLoads(Generic[T]):
     def _loaded(self, result: T | Failure, room_id: int) -> None:
         waiters = self._waiting.pop(room_id)
         if isinstance(result, Failure):
-            if not result.check(UnknownRoom):
+            if not result.check(UnknownRoom, StoreUnavailable):
                 log.error("loading room %s failed: %s", room_id, result.getErrorMessage())
                 result = Failure(StoreUnavailable("the database did not answer"))
             for waiter in waiters:
