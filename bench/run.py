@@ -50,9 +50,11 @@ def free_port() -> int:
 class Server:
     """One server under test, as a subprocess."""
 
-    def __init__(self, kind: str, workdir: Path, profile: Path | None = None):
+    def __init__(self, kind: str, workdir: Path, profile: Path | None = None, root: Path = ROOT):
         self.kind = kind
         self.profile = profile
+        # The checkout ours runs from: another build's worktree to compare (bench/README.md).
+        self.root = root
         self.port = free_port()
         self.ops_port = free_port()
         self.workdir = workdir
@@ -82,7 +84,7 @@ class Server:
                     f"User.objects.create_user('bench', password={PASSWORD!r})",
                 ],
             ):
-                subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True)
+                subprocess.run([sys.executable, "manage.py", *args], cwd=self.root, env=self.env, check=True)
             command = [shutil.which("twistd") or "twistd", "-n", "--pidfile=", "-y", "chatserver.tac"]
             if self.profile is not None:  # the reactor thread, written when the server stops
                 command[1:1] = [f"--profile={self.profile}", "--profiler=cprofile", "--savestats"]
@@ -97,7 +99,9 @@ class Server:
                 str(self.port),
                 "bench.reference.channels_chat.asgi:application",
             ]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while True:
             try:

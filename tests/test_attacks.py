@@ -15,7 +15,6 @@ import select
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -98,13 +97,6 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
-def rss_bytes(server) -> int:
-    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def open_connections(server) -> int:
     return server.stats()["connections"]
 
@@ -117,7 +109,10 @@ def send_and_ack(ws, text: str, nonce: str, room: int = LOBBY) -> dict:
 # --- 1. memory amplification through catch-up --------------------------------------------
 
 
-def test_a_socket_that_never_reads_cannot_make_the_server_buffer_history_again_and_again(server_factory):
+def test_a_socket_that_does_not_read_cannot_make_the_server_queue_history_again_and_again(server_factory):
+    """Before: each re-subscribe queued the whole history again for a socket that did not
+    read (233 MB for 200, python -m bench.amplification), all of it joined into memory as
+    soon as the socket read again. Now the connection resumes after what it was sent."""
     # A burst big enough for every re-subscribe to reach the room core: what is tested here
     # is that none of them sends the history again (the rate limit is tested below).
     server = server_factory({"CHAT_HISTORY_WINDOW": "300", "CHAT_COMMAND_BURST": "300"})
@@ -129,34 +124,41 @@ def test_a_socket_that_never_reads_cannot_make_the_server_buffer_history_again_a
     with ws_connect(server, alice) as bystander:
         bystander.send(json.dumps({"type": "subscribe", "room": LOBBY}))
         recv_until(bystander, lambda f: f["type"] == "message" and f["id"] == 300)
-        before = rss_bytes(server)
 
         attacker = raw_socket(server, receive_buffer=4096)
         attacker.sendall(upgrade_request(server))
         assert read_response_head(attacker).startswith(b"HTTP/1.1 101")
-        frames = client_frame(json.dumps({"type": "subscribe", "room": LOBBY, "since": 0})) * 200
-        # Then one more room: once it is subscribed, every frame before it was handled.
-        frames += client_frame(json.dumps({"type": "subscribe", "room": 2}))
-        attacker.settimeout(0.5)
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            attacker.sendall(frames)
-        wait_for(
-            lambda: (
-                server.stats()["subscriptions"] == 3
-                or "chat_slow_consumer_disconnects_total 1.0" in server.metrics()
-            ),
-            timeout=20,
-            what="every subscribe to be handled, or the reader that never reads to be dropped",
-        )
-        grown = rss_bytes(server) - before
-        reset(attacker)
-        # Before: every subscribe queued the whole history again (200 x 1.2 MB).
-        assert grown < 40 * 2**20, f"the server grew by {grown / 2**20:.0f} MB"
+        subscribe = client_frame(json.dumps({"type": "subscribe", "room": LOBBY, "since": 0}))
+        with contextlib.suppress(OSError):  # the server may stop reading, or drop the socket
+            for _ in range(50):  # spaced, so that each catch-up runs to its end
+                attacker.sendall(subscribe)
+                time.sleep(0.02)
+        received = drain(attacker)
+        attacker.close()
+        assert received < 3 * 2**20, f"the server sent {received / 2**20:.0f} MB"
 
         bystander.send(json.dumps({"type": "send", "room": LOBBY, "text": "still here", "nonce": "n1"}))
         seen = recv_until(bystander, lambda f: f["type"] == "ack")
         if not any(f.get("text") == "still here" for f in seen):
             recv_until(bystander, lambda f: f.get("text") == "still here")
+
+
+def drain(sock: socket.socket, quiet: float = 1.0, deadline: float = 30.0) -> int:
+    """Read until the server closes or sends nothing for ``quiet`` seconds; bytes read."""
+    received = 0
+    sock.settimeout(quiet)
+    stop = time.monotonic() + deadline
+    while time.monotonic() < stop:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return received
+        except OSError:
+            return received
+        if not data:
+            return received
+        received += len(data)
+    raise AssertionError(f"still receiving after {deadline}s ({received} bytes)")
 
 
 def test_subscribing_again_does_not_replay_what_was_sent_and_commands_are_rate_limited(server_factory):
