@@ -454,6 +454,27 @@ def test_no_version_banners_and_a_plain_get_on_the_websocket_is_426(server):
     assert head.startswith(b"HTTP/1.1 101") and b"server:" not in head.lower()
 
 
+def test_a_refused_handshake_gets_the_documented_json_error(server_factory):
+    server = server_factory({"CHAT_MAX_CONNECTIONS_PER_USER": "1"})
+    alice = login(server, "alice")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in alice.cookies)
+
+    def refusal(request: bytes) -> tuple[bytes, dict]:
+        sock = raw_socket(server)
+        sock.sendall(request)
+        head, _, body = read_all(sock).partition(b"\r\n\r\n")
+        sock.close()
+        return head, json.loads(body)
+
+    cross_site = upgrade_request(server, cookie).replace(server.url.encode(), b"https://evil.example")
+    head, body = refusal(cross_site)
+    assert head.startswith(b"HTTP/1.1 403") and body["error"]["code"] == "csrf_failed"
+    with ws_connect(server, alice):
+        head, body = refusal(upgrade_request(server, cookie))
+        assert head.startswith(b"HTTP/1.1 429") and b"Retry-After: 5" in head
+        assert body["error"]["code"] == "too_many_connections" and body["error"]["retryable"]
+
+
 def test_a_body_announced_too_large_is_refused_from_the_header(server_factory):
     server = server_factory({"CHAT_MAX_REQUEST_BODY_BYTES": "1000"})
     head = b"POST /poll HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

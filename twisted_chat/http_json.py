@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -23,9 +24,10 @@ def error_body(request: Request, error: ProtocolError) -> bytes:
     return json_body(request, error.as_http_body(), error.status)
 
 
-def raw_error_response(error: ProtocolError) -> bytes:
+def raw_error_response(error: ProtocolError, headers: Iterable[tuple[str, str]] = ()) -> bytes:
     """A whole HTTP response for a connection that is refused before (or instead of)
-    being parsed: too many connections, a request too slow or too large."""
+    being parsed: too many connections, a request too slow or too large, a refused
+    WebSocket handshake."""
     body = json.dumps(error.as_http_body(), separators=(",", ":")).encode()
     head = [
         f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
@@ -36,4 +38,5 @@ def raw_error_response(error: ProtocolError) -> bytes:
     ]
     if error.retry_after is not None:
         head.append(f"Retry-After: {max(1, round(error.retry_after))}")
+    head.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body

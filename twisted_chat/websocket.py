@@ -27,7 +27,7 @@ from .access import AccessLog
 from .eager_write import queued_bytes, write_now
 from .errors import ProtocolError, as_protocol_error
 from .events import Author, RoomEvent
-from .http_json import error_body
+from .http_json import error_body, raw_error_response
 from .hub import Client, Identity, RoomHub
 from .limits import ConnectionGate
 from .sessions import keys_from_cookies
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+
+# What a handshake autobahn refuses by itself is, by its status: a malformed or unsupported
+# handshake, or (403) a cross-site one, refused by check_origin.
+_HANDSHAKE_CODES = {400: "bad_request", 403: "csrf_failed", 426: "upgrade_required"}
 
 # Close codes of our own (docs/protocol.md).
 SESSION_CHANGED_CLOSE_CODE = 4001
@@ -50,6 +54,7 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         self.client: Client | None = None
         self._identity: Identity | None = None
         self._initial: wire.Subscribe | ProtocolError | None = None
+        self._refusal: ProtocolError | None = None
         self._gone = False
 
     @property
@@ -80,11 +85,20 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         try:
             self.client = self.factory.hub.connect(self, self._identity)
         except ProtocolError as error:
-            raise ConnectionDeny(error.status, error.message) from None
+            raise self._deny(error) from None
 
     def _refuse(self, failure: Failure) -> None:
-        error = as_protocol_error(failure)
-        raise ConnectionDeny(error.status, error.message)
+        raise self._deny(as_protocol_error(failure))
+
+    def _deny(self, error: ProtocolError) -> ConnectionDeny:
+        self._refusal = error
+        return ConnectionDeny(error.status, error.message)
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """A refused handshake gets the documented JSON error, as every HTTP answer does
+        (autobahn sends a status line and nothing else)."""
+        error = self._refusal or ProtocolError(_HANDSHAKE_CODES.get(code, "bad_request"), reason)
+        self.sendData(raw_error_response(error, responseHeaders or ()))
 
     def onOpen(self) -> None:
         # After the upgrade the HTTP channel is still the transport's producer; take its
