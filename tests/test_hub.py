@@ -103,7 +103,7 @@ class World:
 
     def client(self, author=None, session_key=None, browser_key=None):
         sink = Sink()
-        identity = Identity("127.0.0.1", session_key, browser_key, author)
+        identity = Identity(session_key, browser_key, author)
         return self.hub.connect(sink, identity), sink
 
     def post(self, author, room_id, *texts):

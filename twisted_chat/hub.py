@@ -36,13 +36,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Identity:
-    """Who is on the other end, as their cookies and address say.
+    """Who is on the other end, as their cookies say (addresses are the site's concern:
+    ``limits.ConnectionGate``).
 
     ``browser_key`` is the CSRF cookie: it names the browser even when it has no session,
     so a login in another tab can find the pages that browser has open.
     """
 
-    peer: str
     session_key: str | None = None
     browser_key: str | None = None
     author: Author | None = None

@@ -183,7 +183,7 @@ class LongPollResource(Resource):
             session_key = browser_key = None
         else:
             session_key, browser_key = keys_from_cookies(_header(request, b"cookie"))
-        identity = Identity(_client_host(request), session_key, browser_key)
+        identity = Identity(session_key, browser_key)
         poll = _Poll(self, request, room_id, since, timeout)
         if session_key is None:
             self._subscribe(None, poll, identity)
@@ -332,10 +332,6 @@ def _finish(request: Request, body: bytes) -> None:
     if request.method != b"HEAD":
         request.write(body)
     request.finish()
-
-
-def _client_host(request: Request) -> str:
-    return str(getattr(request.getClientAddress(), "host", ""))
 
 
 def _arg(request: Request, name: bytes) -> str | None:

@@ -72,7 +72,7 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> Deferred[None]:  # type: ignore[override]
         self.factory.check_origin(request)
         session_key, browser_key = keys_from_cookies(request.headers.get("cookie", ""))
-        self._identity = Identity(str(self._tcp.getPeer().host), session_key, browser_key)
+        self._identity = Identity(session_key, browser_key)
         self._initial = _initial_subscription(request.params)
         return self.factory.hub.authenticate(session_key).addCallbacks(self._admit, self._refuse)
 
