@@ -7,34 +7,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max
 
 from chat.models import ChatRoom, Message
 
 from ..events import ChatMessage
-from .interfaces import RoomInfo, UnknownRoom
+from .interfaces import CachedWindow, RoomInfo, UnknownRoom
 
 
 @dataclass(frozen=True, slots=True)
 class RoomSnapshot:
     last_id: int
     recent: list[ChatMessage]
+    # Every message with an id >= this is in ``recent`` (0: all of them are).
+    complete_from: int = 0
 
 
+@dataclass(frozen=True, slots=True)
 class Stored:
-    """Write outcome: the message is in the database under its own id."""
+    """Write outcome: the message is in the database under this id."""
+
+    message_id: int
 
 
+@dataclass(frozen=True, slots=True)
 class Duplicate:
-    """Write outcome: the (room, user, nonce) was already stored under another id."""
+    """Write outcome: the (room, user, nonce) was already stored under this id."""
 
-    def __init__(self, message_id: int):
-        self.message_id = message_id
+    message_id: int
 
 
-STORED = Stored()
+Outcome = Stored | Duplicate | UnknownRoom
 
 
 def _to_chat_message(row: Message) -> ChatMessage:
@@ -61,15 +66,29 @@ def load_room_info(room_id: int) -> RoomInfo:
     return RoomInfo(room.pk, room.name, room.is_private, members)
 
 
-def load_room(room_id: int, window: int) -> RoomSnapshot:
-    """What the message log needs to serve a room: its newest id and recent messages."""
+def load_room(room_id: int, window: int, cached: CachedWindow | None = None) -> RoomSnapshot:
+    """What the message log needs to serve a room: its newest id and recent messages.
+
+    With what a shared cache (Redis) holds, only what it lacks is read here, so a room
+    that cache knows costs one primary-key lookup.
+    """
     high_water = ChatRoom.objects.filter(pk=room_id).values_list("last_message_id", flat=True).first()
     if high_water is None:
         raise UnknownRoom(room_id)
+    if cached is not None and cached.first_id > 0:
+        known = max((m.id for m in cached.messages), default=cached.first_id - 1)
+        if known <= high_water:
+            missing = read_between(room_id, known, high_water) if known < high_water else []
+            recent = [*cached.messages, *missing]
+            first = cached.first_id
+            if len(recent) > window:
+                recent = recent[-window:]
+                first = recent[0].id
+            return RoomSnapshot(high_water, recent, first if first > 1 else 0)
     rows = Message.objects.filter(room_id=room_id).order_by("-seq").only(*_FIELDS)[:window]
     recent = [_to_chat_message(row) for row in reversed(rows)]
-    newest = Message.objects.filter(room_id=room_id).aggregate(m=Max("seq"))["m"] or 0
-    return RoomSnapshot(max(high_water, newest), recent)
+    complete_from = recent[0].id if len(recent) >= window else 0
+    return RoomSnapshot(max(high_water, recent[-1].id if recent else 0), recent, complete_from)
 
 
 def read_after(room_id: int, since: int, limit: int) -> list[ChatMessage]:
@@ -82,11 +101,25 @@ def read_latest(room_id: int, limit: int) -> list[ChatMessage]:
     return [_to_chat_message(row) for row in reversed(rows)]
 
 
-def write_batch(messages: Sequence[ChatMessage]) -> list[Stored | Duplicate | UnknownRoom]:
-    """Write a batch in one transaction (the group commit) and say what became of each.
+def read_between(room_id: int, after: int, until: int) -> list[ChatMessage]:
+    """Committed messages with after < id <= until: what a gap in a room's sequence held."""
+    rows = Message.objects.filter(room_id=room_id, seq__gt=after, seq__lte=until).order_by("seq")
+    return [_to_chat_message(row) for row in rows.only(*_FIELDS)]
 
-    The rooms are locked first, so a room deleted meanwhile is seen here rather than
-    failing the whole batch on a foreign key, and the high-water marks move with the rows.
+
+def high_waters(room_ids: Sequence[int]) -> dict[int, int]:
+    """The newest id given out in each room (rooms that no longer exist are left out)."""
+    rows = ChatRoom.objects.filter(pk__in=room_ids).values_list("pk", "last_message_id")
+    return dict(rows)
+
+
+def write_batch(messages: Sequence[ChatMessage]) -> list[Outcome]:
+    """Write a batch in one transaction (the group commit), giving each message its id.
+
+    The rooms' rows are locked first (SQLite's IMMEDIATE transaction holds the whole
+    database), so whichever process commits, a room's ids are dense and grow in commit
+    order: every id below a committed one is committed too (or was deleted later). A
+    room deleted meanwhile is seen here rather than failing the batch on a foreign key.
     Every statement is plain parameterised SQL: this runs once per commit, and building
     ORM querysets cost more than the commit itself, on a thread that holds the GIL the
     reactor needs.
@@ -94,41 +127,59 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Stored | Duplicate | Un
     room_ids = sorted({m.room for m in messages})
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_lock_rooms_sql(len(room_ids)), room_ids)
-        alive = {row[0] for row in cursor.fetchall()}
-        outcomes: list[Stored | Duplicate | UnknownRoom] = [
-            STORED if m.room in alive else UnknownRoom(m.room) for m in messages
-        ]
-        rows = [_to_params(m) for m, o in zip(messages, outcomes, strict=True) if o is STORED]
+        high_water = dict(cursor.fetchall())
+        outcomes = _number(messages, dict(high_water))
+        pairs = zip(messages, outcomes, strict=True)
+        rows = [_to_params(m, o.message_id) for m, o in pairs if isinstance(o, Stored)]
         try:
             with transaction.atomic():
                 cursor.executemany(_INSERT, rows)
         except IntegrityError:
-            # A nonce seen before this process remembered it: write one by one to find it.
-            for index, message in enumerate(messages):
-                if outcomes[index] is STORED:
-                    outcomes[index] = _write_one(message)
-        high_water: dict[int, int] = {}
+            # A nonce stored before this process remembered it (perhaps by another
+            # process): write one by one to find it, and number the rest again.
+            outcomes = _write_one_by_one(cursor, messages, dict(high_water))
+        newest = dict(high_water)
         for message, outcome in zip(messages, outcomes, strict=True):
-            if outcome is STORED:
-                high_water[message.room] = max(high_water.get(message.room, 0), message.id)
-        cursor.executemany(_RAISE_HIGH_WATER, [(seq, room, seq) for room, seq in high_water.items()])
+            if isinstance(outcome, Stored):
+                newest[message.room] = max(newest[message.room], outcome.message_id)
+        raised = [(seq, room) for room, seq in newest.items() if seq > high_water[room]]
+        cursor.executemany(_SET_HIGH_WATER, raised)
     return outcomes
 
 
-def _write_one(message: ChatMessage) -> Stored | Duplicate:
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_INSERT, _to_params(message))
-        return STORED
-    except IntegrityError:
-        existing = (
-            Message.objects.filter(room_id=message.room, user_id=message.user_id, nonce=message.nonce)
-            .values_list("seq", flat=True)
-            .first()
-        )
-        if existing is None or not message.nonce:
-            raise
-        return Duplicate(existing)
+def _number(messages: Sequence[ChatMessage], next_id: dict[int, int]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for message in messages:
+        if message.room not in next_id:
+            outcomes.append(UnknownRoom(message.room))
+        else:
+            next_id[message.room] += 1
+            outcomes.append(Stored(next_id[message.room]))
+    return outcomes
+
+
+def _write_one_by_one(cursor: Any, messages: Sequence[ChatMessage], next_id: dict[int, int]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for message in messages:
+        if message.room not in next_id:
+            outcomes.append(UnknownRoom(message.room))
+            continue
+        try:
+            with transaction.atomic():
+                cursor.execute(_INSERT, _to_params(message, next_id[message.room] + 1))
+        except IntegrityError:
+            existing = (
+                Message.objects.filter(room_id=message.room, user_id=message.user_id, nonce=message.nonce)
+                .values_list("seq", flat=True)
+                .first()
+            )
+            if existing is None or not message.nonce:
+                raise
+            outcomes.append(Duplicate(existing))
+        else:
+            next_id[message.room] += 1
+            outcomes.append(Stored(next_id[message.room]))
+    return outcomes
 
 
 _ROOMS = connection.ops.quote_name(ChatRoom._meta.db_table)
@@ -138,17 +189,17 @@ _INSERT = (
     f"INSERT INTO {connection.ops.quote_name(Message._meta.db_table)} "
     "(room_id, seq, ts, username, text, user_id, nonce) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
-_RAISE_HIGH_WATER = f"UPDATE {_ROOMS} SET last_message_id = %s WHERE id = %s AND last_message_id < %s"
+_SET_HIGH_WATER = f"UPDATE {_ROOMS} SET last_message_id = %s WHERE id = %s"
 
 
 def _lock_rooms_sql(count: int) -> str:
-    sql = f"SELECT id FROM {_ROOMS} WHERE id IN ({', '.join(['%s'] * count)})"
+    sql = f"SELECT id, last_message_id FROM {_ROOMS} WHERE id IN ({', '.join(['%s'] * count)}) ORDER BY id"
     # PostgreSQL locks the rows; SQLite's IMMEDIATE transaction already holds the write lock.
     return sql + " FOR UPDATE" if connection.features.has_select_for_update else sql
 
 
-def _to_params(message: ChatMessage) -> tuple[object, ...]:
-    return (message.room, message.id, message.ts, message.user, message.text, message.user_id, message.nonce)
+def _to_params(message: ChatMessage, seq: int) -> tuple[object, ...]:
+    return (message.room, seq, message.ts, message.user, message.text, message.user_id, message.nonce)
 
 
 def ping() -> None:

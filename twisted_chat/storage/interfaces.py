@@ -8,6 +8,9 @@ the same contracts, which ``tests/test_storage_contract.py`` checks for every ba
 - ``MessageLog``: durable, ordered messages per room; it assigns ids.
 - ``Broker``: hands committed events to every subscriber of a room, in order.
 - ``Presence``: who is in a room, as entries that expire unless refreshed.
+
+A log shared by several processes also takes a ``MessageFeed``: how it hears what the
+other processes committed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ class RoomInfo:
     def readable_by(self, author: Author | None) -> bool:
         """The rule the Django pages use too (``ChatRoom.is_visible_to``)."""
         return room_readable(self.is_private, author is not None and author.id in self.member_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedWindow:
+    """A room's recent messages as a shared cache holds them: every id from ``first_id``
+    on, except those deleted."""
+
+    first_id: int
+    messages: list[ChatMessage]
 
 
 class RoomDirectory(Protocol):
@@ -91,6 +103,37 @@ class MessageLog(Protocol):
 
     def close(self) -> Deferred[None]:
         """Finish writing everything accepted; accept no more."""
+
+
+class MessageFeed(Protocol):
+    """Committed messages, carried between the processes that share a database.
+
+    A feed may lose messages (a process dies between its commit and its publish, the feed
+    is down for a while): the log that uses it finds the holes in its dense ids and reads
+    them from the database, so a feed only makes delivery fast, never correct.
+    """
+
+    def start(self, received: CommittedListener, reconnected: Callable[[], None]) -> None:
+        """Hand other processes' messages to ``received``; call ``reconnected`` after the
+        feed was down (anything may have been missed meanwhile)."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def follow(self, room_id: int) -> Deferred[None]:
+        """Fires once messages published from now on reach ``received`` (at once if the
+        feed is down)."""
+
+    def unfollow(self, room_id: int) -> None: ...
+
+    def publish(self, room_id: int, messages: Sequence[ChatMessage]) -> Deferred[None]:
+        """Fires once other processes can have the messages, or the feed gave up."""
+
+    def recent(self, room_id: int, limit: int) -> Deferred[CachedWindow | None]:
+        """What the feed keeps of the room's newest messages (None: nothing it can vouch for)."""
+
+    def forget(self, room_id: int, message_id: int) -> None:
+        """A message was deleted: drop it from what ``recent`` returns."""
 
 
 RoomHandler = Callable[[int, Sequence[RoomEvent]], None]

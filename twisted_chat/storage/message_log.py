@@ -1,9 +1,17 @@
-"""The process-local message log: ids assigned on the reactor thread, made durable by SQL.
+"""The message log: SQL makes messages durable and gives them ids; this hands them on in order.
 
-A room's next id is a plain counter on the reactor thread, bumped when a message is
-accepted; the group commit writes it; only then is it committed: kept in the room's
-window, handed to the committed listener and acknowledged, in id order. Each room keeps a
-bounded window of recent messages; older history is read from the database.
+Accepted messages wait on the reactor thread for the group commit, which gives each its id
+under the room's row lock: a room's ids are dense and grow in commit order, whichever
+process commits. Each room's committed messages are then handed on strictly in id order:
+kept in the room's window, given to the committed listener, and only then acknowledged.
+
+With one process that order is simply the order of its own commits. With several sharing
+a database, a ``MessageFeed`` (Redis) brings the other processes' messages, and they may
+arrive late or not at all; a room holds any message whose predecessor it has not seen,
+and reads the hole from the database if it is not filled within ``gap_wait`` seconds.
+Every id below a committed one was committed, so an id the database no longer has was
+deleted, and the room moves past it. A periodic check of the rooms' newest ids catches a
+message whose publisher died before publishing and which no later message reveals.
 """
 
 from __future__ import annotations
@@ -12,19 +20,23 @@ import bisect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from ..events import Author, ChatMessage
 from . import archive
 from .group_commit import GroupCommitWriter
-from .interfaces import CommittedListener, RunInThread, StoreUnavailable
+from .interfaces import CommittedListener, MessageFeed, RunInThread, StoreUnavailable
 from .room_loads import RoomLoads
 
 log = logging.getLogger(__name__)
+
+# Rows read per query when a room fills a hole or catches up after the feed was down.
+FILL_PAGE = 1000
 
 
 def _message_id(message: ChatMessage) -> int:
@@ -32,24 +44,86 @@ def _message_id(message: ChatMessage) -> int:
 
 
 class _RoomLog:
-    """One room's in-memory state: counters, the window, and nonces seen recently."""
+    """One room's in-memory state: the window, what is held back, nonces seen recently."""
 
-    __slots__ = ("capacity", "complete_from", "inflight", "last_id", "next_id", "nonces", "pending", "window")
+    __slots__ = (
+        "capacity",
+        "complete_from",
+        "deleted",
+        "filling",
+        "held",
+        "inflight",
+        "last_id",
+        "nonces",
+        "pending",
+        "waiters",
+        "window",
+    )
 
     def __init__(self, snapshot: archive.RoomSnapshot, capacity: int):
-        self.next_id = snapshot.last_id
         self.last_id = snapshot.last_id
         self.window: list[ChatMessage] = list(snapshot.recent)
         self.capacity = capacity
         # Every committed message with an id >= complete_from is in the window.
-        self.complete_from = self.window[0].id if len(self.window) >= capacity else 0
+        self.complete_from = snapshot.complete_from
         self.nonces: OrderedDict[tuple[int | None, str], int] = OrderedDict(
             ((m.user_id, m.nonce), m.id) for m in self.window if m.nonce
         )
         self.inflight: dict[tuple[int | None, str], list[Deferred[int]]] = {}
         self.pending = 0
+        # Committed messages that arrived before their predecessors, by id.
+        self.held: dict[int, ChatMessage] = {}
+        # Ids above last_id deleted before they arrived.
+        self.deleted: set[int] = set()
+        # Acknowledgements waiting for their id to be handed on.
+        self.waiters: list[tuple[int, list[Deferred[int]]]] = []
+        self.filling = False
 
-    def commit(self, message: ChatMessage) -> None:
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.held or self.waiters or self.filling)
+
+    def offer(self, messages: Iterable[ChatMessage]) -> list[ChatMessage]:
+        """Take committed messages in any order; return those now next in line, in order."""
+        ready: list[ChatMessage] = []
+        for message in messages:
+            if message.id == self.last_id + 1 and not self.held:
+                if self._deleted(message.id):
+                    self.last_id = message.id
+                else:
+                    self._commit(message)
+                    ready.append(message)
+            elif message.id > self.last_id:
+                self.held.setdefault(message.id, message)
+        if self.held:
+            self.skip_to(self.last_id, ready)
+        return ready
+
+    def skip_to(self, until: int, ready: list[ChatMessage]) -> None:
+        """Move past every id up to ``until`` that is not held (it was deleted), then on
+        through whatever is held next in line."""
+        for message_id in sorted(i for i in self.held if i <= until):
+            self.last_id = message_id - 1
+            self._take(message_id, ready)
+        self.last_id = max(self.last_id, until)
+        while self.last_id + 1 in self.held:
+            self._take(self.last_id + 1, ready)
+
+    def _take(self, message_id: int, ready: list[ChatMessage]) -> None:
+        message = self.held.pop(message_id)
+        if self._deleted(message_id):
+            self.last_id = message_id
+        else:
+            self._commit(message)
+            ready.append(message)
+
+    def _deleted(self, message_id: int) -> bool:
+        if message_id in self.deleted:
+            self.deleted.discard(message_id)
+            return True
+        return False
+
+    def _commit(self, message: ChatMessage) -> None:
         self.window.append(message)
         self.last_id = message.id
         if message.nonce:
@@ -58,6 +132,15 @@ class _RoomLog:
             # Trim in chunks, so a busy room does not shift the list on every message.
             del self.window[: len(self.window) - self.capacity]
             self.complete_from = max(self.complete_from, self.window[0].id)
+
+    def handed_on(self) -> list[tuple[int, list[Deferred[int]]]]:
+        """The acknowledgements whose ids are now handed on."""
+        if not self.waiters:
+            return []
+        done = [(i, waiters) for i, waiters in self.waiters if i <= self.last_id]
+        if done:
+            self.waiters = [(i, w) for i, w in self.waiters if i > self.last_id]
+        return done
 
     def remember_nonce(self, key: tuple[int | None, str], message_id: int) -> None:
         self.nonces[key] = message_id
@@ -72,13 +155,17 @@ class _RoomLog:
         return self.window[start : start + limit]
 
     def forget(self, message_id: int) -> None:
+        if message_id > self.last_id:
+            self.held.pop(message_id, None)
+            self.deleted.add(message_id)
+            return
         index = bisect.bisect_left(self.window, message_id, key=_message_id)
         if index < len(self.window) and self.window[index].id == message_id:
             del self.window[index]
 
 
 class SqlMessageLog:
-    """The MessageLog of a single server process.
+    """The MessageLog: SQL for durability and ids, an optional ``MessageFeed`` to share rooms.
 
     ``run_query`` and ``run_write`` run a blocking archive function in a thread and return
     a Deferred; tests pass synchronous ones.
@@ -95,7 +182,11 @@ class SqlMessageLog:
         max_batch: int = 500,
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[int, float, float], None] | None = None,
+        feed: MessageFeed | None = None,
+        gap_wait: float = 0.1,
+        check_interval: float = 10.0,
     ):
+        self._reactor = reactor
         self._run_query = run_query
         self._on_committed = on_committed
         self._window = window
@@ -103,14 +194,27 @@ class SqlMessageLog:
         self._clock = clock
         self._rooms: OrderedDict[int, _RoomLog] = OrderedDict()
         self._loads: RoomLoads[_RoomLog] = RoomLoads(self._load)
-        self._acks: dict[tuple[int, int], tuple[_RoomLog, list[Deferred[int]]]] = {}
+        # Messages other processes published while their room was being loaded.
+        self._early: dict[int, list[ChatMessage]] = {}
+        self._acks: dict[int, tuple[_RoomLog, list[Deferred[int]]]] = {}
         self._closed = False
         self._on_batch = on_batch
+        self._feed = feed
+        self._gap_wait = gap_wait
         self.writer = GroupCommitWriter(
             reactor, lambda batch: run_write(archive.write_batch, batch), self._written, max_batch
         )
         self.accepted = 0
         self.committed = 0
+        # Messages read from the database because the feed did not bring them.
+        self.filled = 0
+        self._check: LoopingCall | None = None
+        self._check_interval = check_interval
+        if feed is not None:
+            feed.start(self._received, self._feed_reconnected)
+            self._check = LoopingCall(self._check_rooms)
+            self._check.clock = reactor
+            self._check.start(check_interval, now=False)
 
     # --- rooms --------------------------------------------------------------------------
 
@@ -122,10 +226,30 @@ class SqlMessageLog:
         return self._loads.get(room_id)
 
     def _load(self, room_id: int) -> Deferred[_RoomLog]:
-        return self._run_query(archive.load_room, room_id, self._window).addCallback(self._loaded, room_id)
+        feed = self._feed
+        if feed is None:
+            d = self._run_query(archive.load_room, room_id, self._window)
+            return d.addCallback(self._loaded, room_id)
+        # Follow first, then read: whatever is committed after the read arrives by the feed.
+        self._early[room_id] = []
+        d = feed.follow(room_id).addCallback(lambda _: feed.recent(room_id, self._window))
+        d.addErrback(lambda _: None)
+        d.addCallback(lambda cached: self._run_query(archive.load_room, room_id, self._window, cached))
+        d.addCallbacks(self._loaded, self._load_failed, callbackArgs=(room_id,), errbackArgs=(room_id,))
+        return d
+
+    def _load_failed(self, failure: Failure, room_id: int) -> Failure:
+        self._early.pop(room_id, None)
+        if self._feed is not None and room_id not in self._rooms:
+            self._feed.unfollow(room_id)
+        return failure
 
     def _loaded(self, snapshot: archive.RoomSnapshot, room_id: int) -> _RoomLog:
         room = self._rooms[room_id] = _RoomLog(snapshot, self._window)
+        early = self._early.pop(room_id, None)
+        if early:
+            self._hand_on(room_id, room, room.offer(early))
+            self._await_gap(room_id, room)
         self._evict_idle_rooms()
         return room
 
@@ -133,9 +257,11 @@ class SqlMessageLog:
         excess = len(self._rooms) - self._max_idle_rooms
         if excess <= 0:
             return
-        idle = [room_id for room_id, room in self._rooms.items() if not room.pending]
+        idle = [room_id for room_id, room in self._rooms.items() if not room.busy]
         for room_id in idle[:excess]:
             del self._rooms[room_id]
+            if self._feed is not None:
+                self._feed.unfollow(room_id)
 
     def last_id(self, room_id: int) -> Deferred[int]:
         room = self._rooms.get(room_id)
@@ -156,16 +282,14 @@ class SqlMessageLog:
         key = (author.id, nonce)
         if nonce:
             known = room.nonces.get(key)
-            if known is not None:
+            if known is not None and known <= room.last_id:
                 return known
             if key in room.inflight:
                 waiter: Deferred[int] = Deferred()
                 room.inflight[key].append(waiter)
                 return waiter
-        room.next_id += 1
         message = ChatMessage(
             room=room_id,
-            id=room.next_id,
             ts=int(self._clock() * 1000),
             user=author.username,
             text=text,
@@ -176,56 +300,155 @@ class SqlMessageLog:
         waiters = [ack]
         if nonce:
             room.inflight[key] = waiters
-        self._acks[(room_id, message.id)] = (room, waiters)
+        self._acks[id(message)] = (room, waiters)
         room.pending += 1
         self.accepted += 1
         self.writer.submit(message)
         return ack
 
-    def _written(self, batch: list[ChatMessage], outcomes: list[Any] | Failure) -> None:
+    def _written(self, batch: list[ChatMessage], outcomes: list[archive.Outcome] | Failure) -> None:
         if isinstance(outcomes, Failure):
-            outcomes = [StoreUnavailable("the message could not be stored")] * len(batch)
-        committed: dict[int, list[ChatMessage]] = {}
-        replies: list[tuple[list[Deferred[int]], int | Exception]] = []
+            outcomes = [StoreUnavailable("the message could not be stored")] * len(batch)  # type: ignore[list-item]
+        stored: dict[int, tuple[_RoomLog, list[ChatMessage]]] = {}
+        waiting: list[tuple[int, _RoomLog, int, list[Deferred[int]]]] = []
         for message, outcome in zip(batch, outcomes, strict=True):
-            room, waiters = self._acks.pop((message.room, message.id))
+            room, waiters = self._acks.pop(id(message))
             room.pending -= 1
-            key = (message.user_id, message.nonce)
             if message.nonce:
-                room.inflight.pop(key, None)
-            if outcome is archive.STORED:
-                room.commit(message)
-                committed.setdefault(message.room, []).append(message)
-                replies.append((waiters, message.id))
+                room.inflight.pop((message.user_id, message.nonce), None)
+            if isinstance(outcome, archive.Stored):
+                message.id = outcome.message_id
+                stored.setdefault(message.room, (room, []))[1].append(message)
+                waiting.append((message.room, room, message.id, waiters))
             elif isinstance(outcome, archive.Duplicate):
-                room.remember_nonce(key, outcome.message_id)
-                replies.append((waiters, outcome.message_id))
+                room.remember_nonce((message.user_id, message.nonce), outcome.message_id)
+                waiting.append((message.room, room, outcome.message_id, waiters))
             else:
-                replies.append((waiters, outcome))
-        for room_id, messages in committed.items():
+                error = outcome if isinstance(outcome, Exception) else StoreUnavailable(str(outcome))
+                for waiter in waiters:
+                    waiter.errback(Failure(error))
+        published: list[Deferred[None]] = []
+        for room_id, (room, messages) in stored.items():
+            if self._feed is not None:
+                published.append(self._feed.publish(room_id, messages))
             self.committed += len(messages)
+            self._hand_on(room_id, room, room.offer(messages))
+        if self._on_batch is not None:
+            oldest = batch[0].ts / 1000
+            self._on_batch(len(batch), self.writer.last_commit_seconds, self._clock() - oldest)
+        if not published:
+            self._acknowledge(waiting)
+            return
+        # Acknowledged once the other processes can have it too: a process killed right
+        # after an acknowledgement has already published what it acknowledged.
+        for d in published:
+            d.addErrback(lambda _: None)
+        gate = published[0] if len(published) == 1 else gatherResults(published)
+        gate.addCallback(lambda _: self._acknowledge(waiting))
+
+    def _acknowledge(self, waiting: list[tuple[int, _RoomLog, int, list[Deferred[int]]]]) -> None:
+        for room_id, room, message_id, waiters in waiting:
+            if message_id <= room.last_id:
+                for waiter in waiters:
+                    waiter.callback(message_id)
+            else:
+                room.waiters.append((message_id, waiters))
+                self._await_gap(room_id, room)
+
+    def _hand_on(self, room_id: int, room: _RoomLog, messages: Sequence[ChatMessage]) -> None:
+        if messages:
             try:
                 self._on_committed(room_id, messages)
             except Exception:
                 log.exception("handing on the messages of room %s failed", room_id)
-        if self._on_batch is not None:
-            oldest = batch[0].ts / 1000
-            self._on_batch(len(batch), self.writer.last_commit_seconds, self._clock() - oldest)
-        for waiters, reply in replies:
+        for message_id, waiters in room.handed_on():
             for waiter in waiters:
-                if isinstance(reply, Exception):
-                    waiter.errback(Failure(reply))
-                else:
-                    waiter.callback(reply)
+                waiter.callback(message_id)
 
     def forget(self, room_id: int, message_id: int) -> None:
         room = self._rooms.get(room_id)
         if room is not None:
             room.forget(message_id)
+        if self._feed is not None:
+            self._feed.forget(room_id, message_id)
 
     def close(self) -> Deferred[None]:
         self._closed = True
+        if self._check is not None and self._check.running:
+            self._check.stop()
         return self.writer.drained()
+
+    # --- other processes' messages, and holes ---------------------------------------------
+
+    def _received(self, room_id: int, messages: Sequence[ChatMessage]) -> None:
+        room = self._rooms.get(room_id)
+        if room is None:
+            early = self._early.get(room_id)
+            if early is not None:
+                early.extend(messages)
+            return
+        self._hand_on(room_id, room, room.offer(messages))
+        self._await_gap(room_id, room)
+
+    def _await_gap(self, room_id: int, room: _RoomLog) -> None:
+        if (room.held or room.waiters) and not room.filling:
+            room.filling = True
+            self._reactor.callLater(self._gap_wait, self._fill, room_id, room, 0)
+
+    def _fill(self, room_id: int, room: _RoomLog, until: int) -> None:
+        """Read from the database what the feed has not brought, up to the newest id known
+        to be committed (held, waited for, or ``until``)."""
+        if self._rooms.get(room_id) is not room:
+            room.filling = False
+            return
+        known = [until, *room.held, *(i for i, _ in room.waiters)]
+        target = min(max(known), room.last_id + FILL_PAGE)
+        if target <= room.last_id:
+            room.filling = False
+            return
+        room.filling = True
+        after = room.last_id
+        d = self._run_query(archive.read_between, room_id, after, target)
+        d.addCallbacks(
+            self._filled, self._fill_failed, callbackArgs=(room_id, room, target), errbackArgs=(room_id, room)
+        )
+
+    def _filled(self, messages: list[ChatMessage], room_id: int, room: _RoomLog, target: int) -> None:
+        room.filling = False
+        self.filled += sum(1 for m in messages if m.id > room.last_id and m.id not in room.held)
+        ready = room.offer(messages)
+        room.skip_to(target, ready)
+        self._hand_on(room_id, room, ready)
+        if room.held or room.waiters:
+            self._fill(room_id, room, 0)
+
+    def _fill_failed(self, failure: Failure, room_id: int, room: _RoomLog) -> None:
+        log.warning("reading missing messages of room %s failed: %s", room_id, failure.getErrorMessage())
+        room.filling = False
+        self._await_gap(room_id, room)
+
+    def _feed_reconnected(self) -> None:
+        self._check_rooms()
+
+    def _check_rooms(self) -> Deferred[None] | None:
+        """Compare each loaded room with the database's newest id, and fill what is behind."""
+        if not self._rooms:
+            return None
+        if self._check is not None and self._feed is not None:
+            # While the feed is down, the database is how messages get between processes.
+            interval = self._check_interval if self._feed.available else min(1.0, self._check_interval)
+            if self._check.interval != interval:
+                self._check.interval = interval
+        room_ids = list(self._rooms)
+        d = self._run_query(archive.high_waters, room_ids)
+        d.addCallbacks(self._checked, lambda f: log.warning("checking rooms failed: %s", f.getErrorMessage()))
+        return d
+
+    def _checked(self, high_waters: dict[int, int]) -> None:
+        for room_id, newest in high_waters.items():
+            room = self._rooms.get(room_id)
+            if room is not None and newest > room.last_id and not room.filling:
+                self._fill(room_id, room, newest)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -249,9 +472,9 @@ class SqlMessageLog:
         return self._query_committed(room, archive.read_latest, room_id, limit)
 
     def _query_committed(self, room: _RoomLog, fn: Callable[..., list[ChatMessage]], *args: Any) -> Any:
-        # The database may already hold a batch the reactor has not handed on yet; readers
-        # must not see it before the broker's subscribers do.
-        def committed_only(messages: list[ChatMessage]) -> list[ChatMessage]:
+        # The database may already hold messages this process has not handed on yet;
+        # readers must not see them before the broker's subscribers do.
+        def handed_on_only(messages: list[ChatMessage]) -> list[ChatMessage]:
             return [m for m in messages if m.id <= room.last_id]
 
-        return self._run_query(fn, *args).addCallback(committed_only)
+        return self._run_query(fn, *args).addCallback(handed_on_only)
