@@ -219,8 +219,12 @@ CHAT_PASSWORD_THREADS = int(os.environ.get("CHAT_PASSWORD_THREADS", "1"))
 # Jobs that may wait for a thread, per pool; more are refused at once (`unavailable`, 503)
 # rather than delaying everyone behind them.
 CHAT_MAX_THREAD_QUEUE = int(os.environ.get("CHAT_MAX_THREAD_QUEUE", "100"))
-# Redis pub/sub and history backend; empty means the in-memory store.
+# Redis (redis://host:port/db) lets several processes serve the same rooms; empty means one
+# process with the in-memory store. Commands to Redis give up after CHAT_REDIS_TIMEOUT s.
 CHAT_REDIS_URL = os.environ.get("CHAT_REDIS_URL", "")
+CHAT_REDIS_TIMEOUT = float(os.environ.get("CHAT_REDIS_TIMEOUT", "2"))
+# Worker processes sharing the port: 1 without Redis (more are refused), the cores with it.
+CHAT_WORKERS = int(os.environ.get("CHAT_WORKERS", "0")) or ((os.cpu_count() or 1) if CHAT_REDIS_URL else 1)
 # Origins besides the site's own that may open the WebSocket (e.g. "https://chat.example.com").
 CHAT_ALLOWED_ORIGINS = env_list("CHAT_ALLOWED_ORIGINS")
 # Abuse limits (docs/security.md). 0 turns a limit off.

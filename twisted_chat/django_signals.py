@@ -11,9 +11,9 @@
 Signals fire in whichever thread ran the ORM call (a WSGI thread for the admin and the
 login pages), inside its transaction; the hub reads the database again on the reactor
 thread's behalf, so every notice waits for the commit, then crosses with
-``callFromThread``. A login or logout waits longer: until its response, which carries the
-browser's new cookie, has been written. A page told to reconnect any sooner would come
-back with the old cookie.
+``callFromThread`` to ``notices``, which tells this process and every other one. A login
+or logout waits longer: until its response, which carries the browser's new cookie, has
+been written. A page told to reconnect any sooner would come back with the old cookie.
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from chat.models import ChatRoom, Message
 
-from .hub import RoomHub
-from .storage.interfaces import RoomDirectory
+from .notices import Notices
 
 # Notices held until the response of the request being served in this thread is written.
 _after_response = threading.local()
 
 
-def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
+def connect(reactor: Any, notices: Notices) -> None:
     def tell(fn: Callable[..., None], *args: Any) -> None:
         transaction.on_commit(lambda: reactor.callFromThread(fn, *args))
 
@@ -61,10 +60,10 @@ def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
     def message_deleted(sender: Any, instance: Message, origin: Any = None, **kwargs: Any) -> None:
         if isinstance(origin, ChatRoom):
             return  # the room's deletion ends its subscriptions; no event per message first
-        tell(hub.message_deleted, instance.room_id, instance.seq)
+        tell(notices.message_deleted, instance.room_id, instance.seq)
 
     def room_changed(sender: Any, instance: ChatRoom, **kwargs: Any) -> None:
-        tell(directory.room_changed, instance.pk)
+        tell(notices.room_changed, instance.pk)
 
     def members_changed(
         sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
@@ -81,21 +80,21 @@ def connect(reactor: Any, hub: RoomHub, directory: RoomDirectory) -> None:
         else:
             return
         for room_id in rooms:
-            tell(directory.room_changed, room_id)
+            tell(notices.room_changed, room_id)
 
     def browser_changed(sender: Any, request: Any, **kwargs: Any) -> None:
         # The cookies the browser came with: the session and CSRF token it had before.
         session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         browser_key = request.COOKIES.get(settings.CSRF_COOKIE_NAME)
-        tell_after_response(hub.session_ended, session_key, browser_key)
+        tell_after_response(notices.session_ended, session_key, browser_key)
 
     def user_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
         if update_fields is not None and set(update_fields) <= {"last_login"}:
             return  # every login saves this; the login itself is handled above
-        tell(hub.user_changed, instance.pk)
+        tell(notices.user_changed, instance.pk)
 
     def session_deleted(sender: Any, instance: Session, **kwargs: Any) -> None:
-        tell(hub.session_ended, instance.session_key, None)
+        tell(notices.session_ended, instance.session_key, None)
 
     user_model = get_user_model()
     post_delete.connect(message_deleted, sender=Message, weak=False, dispatch_uid="chat-hub-message")

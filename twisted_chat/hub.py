@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from .errors import ProtocolError, as_protocol_error, no_such_room, rate_limited
@@ -531,6 +531,26 @@ class RoomHub:
             clients |= self._by_browser.get(browser_key, set())
         for client in clients:
             self._end_session(client)
+
+    def room_ids(self) -> list[int]:
+        """The rooms this process has clients in."""
+        return list(self._rooms)
+
+    def recheck_sessions(self) -> Deferred[None]:
+        """Check every open session again (notices of logouts may have been missed), a few
+        queries at a time."""
+        limiter = DeferredSemaphore(4)
+        checks = []
+        for session_key, clients in list(self._by_session.items()):
+            d = limiter.run(self.sessions.author, session_key)
+            d.addCallback(self._recheck_session, list(clients))
+            d.addErrback(lambda f: log.error("re-checking a session failed: %s", f.getErrorMessage()))
+            checks.append(d)
+        return gatherResults(checks).addCallback(lambda _: None)
+
+    def _recheck_session(self, author: Author | None, clients: list[Client]) -> None:
+        for client in clients:
+            self._recheck_user(author, client)
 
     def user_changed(self, user_id: int) -> None:
         """A user was edited or deleted: clients whose session no longer names them start over."""

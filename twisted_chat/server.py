@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import secrets
+import socket
 import sys
 from collections.abc import Generator
 from typing import Any, cast
@@ -17,7 +20,7 @@ from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.urls import get_resolver
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IProtocolFactory
 
@@ -29,22 +32,35 @@ from .hub import RoomHub
 from .limits import ConnectionGate, ConnectionLimits, SendRateLimiter, raise_descriptor_limit
 from .longpoll import LongPollResource
 from .metrics import ChatMetrics, MetricsResource
+from .notices import Notices
 from .sessions import SessionCache
 from .site import build_ops_site, build_site
 from .static import static_resource
-from .storage import Storage, check_backend
+from .storage import Storage
 from .storage.directory import LocalRoomDirectory
 from .storage.memory_broker import LocalBroker
 from .storage.memory_presence import LocalPresence
 from .storage.message_log import SqlMessageLog
+from .storage.redis_connection import RedisConnection
+from .storage.redis_feed import RedisMessageFeed
 from .threads import ThreadPoolService
 from .websocket import ChatWebSocketFactory, ChatWebSocketResource
+from .workers import AdoptedPortService
 
 log = logging.getLogger(__name__)
 
 
 class ChatServer(MultiService):
-    def __init__(self, reactor: Any, port: int, interface: str = "127.0.0.1"):
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        interface: str = "127.0.0.1",
+        listen_fd: int | None = None,
+        worker: int = 0,
+    ):
+        """Listen on ``port``, or on the socket ``listen_fd`` a supervisor bound for all its
+        workers (``workers``); ``worker`` numbers this process among them."""
         super().__init__()
         # The reactor gives up the GIL at every syscall; with Django or the ORM busy in
         # other threads, getting it back waits up to the switch interval (5 ms by default),
@@ -63,7 +79,12 @@ class ChatServer(MultiService):
             pool.setServiceParent(self)
 
         self.metrics = ChatMetrics()
-        check_backend(settings.CHAT_REDIS_URL)
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.redis: RedisConnection | None = None
+        feed: RedisMessageFeed | None = None
+        if settings.CHAT_REDIS_URL:
+            self.redis = RedisConnection(reactor, settings.CHAT_REDIS_URL, settings.CHAT_REDIS_TIMEOUT)
+            feed = RedisMessageFeed(self.redis, self.process_id, settings.CHAT_HISTORY_WINDOW)
         broker = LocalBroker()
         self.message_log = SqlMessageLog(
             reactor,
@@ -74,6 +95,7 @@ class ChatServer(MultiService):
             max_idle_rooms=settings.CHAT_MAX_IDLE_ROOMS,
             max_batch=settings.CHAT_MAX_BATCH,
             on_batch=self.metrics.batch_written,
+            feed=feed,
         )
         self.storage = Storage(
             LocalRoomDirectory(
@@ -96,7 +118,8 @@ class ChatServer(MultiService):
             page_size=settings.CHAT_POLL_PAGE_SIZE,
             max_backlog=settings.CHAT_MAX_WS_BACKLOG_BYTES,
         )
-        django_signals.connect(reactor, self.hub, self.storage.directory)
+        self.notices = Notices(self.hub, self.storage.directory, self.redis, self.process_id)
+        django_signals.connect(reactor, self.notices)
 
         descriptors = raise_descriptor_limit()
         self.gate = ConnectionGate(
@@ -137,9 +160,13 @@ class ChatServer(MultiService):
             idle_timeout=settings.CHAT_IDLE_TIMEOUT,
         )
         self.metrics.watch(self)
-        self.listener = strports.service(
-            f"tcp:{port}:interface={interface}", cast(IProtocolFactory, self.site)
-        )
+        self.listener: Service
+        if listen_fd is None:
+            self.listener = strports.service(
+                f"tcp:{port}:interface={interface}", cast(IProtocolFactory, self.site)
+            )
+        else:
+            self.listener = AdoptedPortService(reactor, listen_fd, self.site)
         self.listener.setServiceParent(self)
         if settings.CHAT_OPS_PORT:
             # Operators only: counts and metrics tell an outsider when hidden rooms are busy.
@@ -150,7 +177,7 @@ class ChatServer(MultiService):
                 }
             )
             strports.service(
-                f"tcp:{settings.CHAT_OPS_PORT}:interface={settings.CHAT_OPS_INTERFACE}",
+                f"tcp:{int(settings.CHAT_OPS_PORT) + worker}:interface={settings.CHAT_OPS_INTERFACE}",
                 cast(IProtocolFactory, ops),
             ).setServiceParent(self)
 
@@ -158,8 +185,10 @@ class ChatServer(MultiService):
     def thread_pools(self) -> tuple[ThreadPoolService, ...]:
         return (self.wsgi_threads, self.password_threads, self.db_threads, self.writer_threads)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
+        redis = {} if self.redis is None else {"redis": "up" if self.redis.available else "down"}
         return {
+            **redis,
             "connections": self.gate.open_count,
             "max_connections": self.gate.total,
             "websockets": len(self.websockets.connections),
@@ -183,6 +212,8 @@ class ChatServer(MultiService):
         closed = self.websockets.going_away("server shutting down: reconnect and resume")
         self.longpoll.release_all()
         yield self.message_log.close()
+        if self.redis is not None:
+            yield self.redis.close()
         # Clients answer the close at once; autobahn drops any that do not within 1 s.
         yield closed.addTimeout(3, self.reactor).addErrback(lambda _: None)
         others = [s.stopService() for s in reversed(list(self)) if s is not self.listener and s.running]

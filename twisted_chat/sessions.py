@@ -110,6 +110,9 @@ class SessionCache:
     def forget(self, session_key: str) -> None:
         self._entries.pop(session_key, None)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def forget_user(self, user_id: int) -> None:
         stale = [
             key for key, (_, author) in self._entries.items() if author is not None and author.id == user_id
