@@ -93,6 +93,15 @@ class _ServerCollector(Collector):
             "Connections refused: the address's limit, or the descriptor reserve.",
             server.gate.refused,
         )
+        yield _counter(
+            "chat_messages_filled",
+            "Messages read from the database because no other process's publish brought them.",
+            message_log.filled,
+        )
+        redis = server.redis
+        if redis is not None:
+            yield _gauge("chat_redis_up", "1 while the Redis subscription connection is up.", redis.available)
+            yield _counter("chat_redis_outages", "Times the Redis connection was lost.", redis.outages)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -63,7 +63,7 @@ class Notices:
         self._kinds[kind](*args)
         if self._redis is not None:
             payload = json.dumps({"from": self._process_id, "kind": kind, "args": args})
-            d = self._redis.run(self._redis.commands.publish(self._channel, payload))
+            d = self._redis.run(self._redis.commands.publish, self._channel, payload)
             d.addErrback(
                 lambda f: log.warning("a %s notice reached no other process: %s", kind, f.getErrorMessage())
             )

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import txredisapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -73,6 +73,8 @@ class RedisConnection:
             connectTimeout=timeout,
             replyTimeout=timeout,
         )
+        factory = self.commands._factory
+        factory.initialDelay, factory.maxDelay = _SubscriberFactory.initialDelay, _SubscriberFactory.maxDelay
         self._subscriber_factory = _SubscriberFactory(self)
         self._subscriber_factory.startConnecting(HostnameEndpoint(reactor, host, port, timeout=timeout))
         self._subscriber: _SubscriberProtocol | None = None
@@ -191,10 +193,12 @@ class RedisConnection:
 
     # --- commands -------------------------------------------------------------------------
 
-    def run(self, d: Deferred[Any]) -> Deferred[Any]:
-        """A command's Deferred, bounded by ``timeout`` (txredisapi waits for ever while
-        it reconnects)."""
-        return d.addTimeout(self.timeout, self.reactor)
+    def run(self, command: Callable[..., Deferred[Any]], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Run a command of the command connection, bounded by ``timeout``; fail at once
+        while that connection is down (txredisapi would wait for it, for ever)."""
+        if not self.commands._factory.size:
+            return fail(ConnectionError("Redis is not connected"))
+        return command(*args, **kwargs).addTimeout(self.timeout, self.reactor)
 
     def close(self) -> Deferred[Any]:
         self._closing = True

@@ -98,7 +98,7 @@ class RedisMessageFeed:
         args: list[Any] = [self._channel(room_id), self._window, payload]
         for message in messages:
             args += [message.id, _member(message)]
-        d = self._redis.run(self._redis.commands.eval(_PUBLISH, [self._key(room_id)], args))
+        d = self._redis.run(self._redis.commands.eval, _PUBLISH, [self._key(room_id)], args)
         return d.addCallbacks(lambda _: None, self._publish_failed)
 
     def _publish_failed(self, failure: Failure) -> None:
@@ -116,7 +116,7 @@ class RedisMessageFeed:
     def recent(self, room_id: int, limit: int) -> Deferred[CachedWindow | None]:
         if not self._redis.available:
             return succeed(None)
-        d = self._redis.run(self._redis.commands.zrange(self._key(room_id), -limit, -1, withscores=True))
+        d = self._redis.run(self._redis.commands.zrange, self._key(room_id), -limit, -1, withscores=True)
         return d.addCallbacks(self._window_from, lambda _: None, callbackArgs=(room_id,))
 
     def _window_from(self, entries: list[tuple[str, float]], room_id: int) -> CachedWindow | None:
@@ -130,5 +130,5 @@ class RedisMessageFeed:
 
     def forget(self, room_id: int, message_id: int) -> None:
         tombstone = json.dumps([message_id])
-        d = self._redis.run(self._redis.commands.eval(_FORGET, [self._key(room_id)], [message_id, tombstone]))
+        d = self._redis.run(self._redis.commands.eval, _FORGET, [self._key(room_id)], [message_id, tombstone])
         d.addErrback(lambda _: None)
