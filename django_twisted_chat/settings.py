@@ -32,7 +32,7 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off "
-            "(set DJANGO_DEBUG=1 for a development server)."
+            "(for development, set DJANGO_DEBUG=1, as `make run` and `make superuser` do)."
         )
     SECRET_KEY = "django-insecure-development-only-key-never-use-in-production"
 
