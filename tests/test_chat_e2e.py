@@ -362,12 +362,10 @@ def test_pages_and_static_files_are_served_by_the_same_process(server):
     assert requests.get(server.url + "/static/../manage.py", timeout=10).status_code == 404
 
 
-def test_a_backend_this_build_lacks_is_refused_at_start(database_template, tmp_path):
+def test_several_workers_without_redis_are_refused_at_start(database_template, tmp_path):
     database = tmp_path / "db.sqlite3"
     shutil.copy(database_template, database)
-    server = ChatServerProcess(
-        f"sqlite:///{database}", tmp_path / "server.log", {"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"}
-    )
+    server = ChatServerProcess(f"sqlite:///{database}", tmp_path / "server.log", {"CHAT_WORKERS": "2"})
     with pytest.raises(RuntimeError, match="the server exited") as refused:
         server.start(timeout=30)
-    assert "CHAT_REDIS_URL is set, but this server has no Redis backend yet" in str(refused.value)
+    assert "CHAT_WORKERS=2 needs CHAT_REDIS_URL" in str(refused.value)
