@@ -56,6 +56,10 @@ class GroupCommitWriter:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        return not (self._queue or self._writing or self._scheduled)
+
     def submit(self, message: ChatMessage) -> None:
         self._queue.append(message)
         if not self._writing and not self._scheduled:

@@ -263,6 +263,16 @@ class SqlMessageLog:
             if self._feed is not None:
                 self._feed.unfollow(room_id)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is loading, being written, held back or waiting for an acknowledgement."""
+        return (
+            not self._loads.count
+            and self.writer.idle
+            and not self._acks
+            and not any(room.busy for room in self._rooms.values())
+        )
+
     def last_id(self, room_id: int) -> Deferred[int]:
         room = self._rooms.get(room_id)
         if room is not None:  # every poll asks: answer a loaded room without a callback

@@ -193,10 +193,14 @@ class RedisConnection:
 
     # --- commands -------------------------------------------------------------------------
 
+    @property
+    def commands_ready(self) -> bool:
+        return bool(self.commands._factory.size)
+
     def run(self, command: Callable[..., Deferred[Any]], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run a command of the command connection, bounded by ``timeout``; fail at once
         while that connection is down (txredisapi would wait for it, for ever)."""
-        if not self.commands._factory.size:
+        if not self.commands_ready:
             return fail(ConnectionError("Redis is not connected"))
         return command(*args, **kwargs).addTimeout(self.timeout, self.reactor)
 

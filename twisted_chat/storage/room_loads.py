@@ -44,6 +44,10 @@ class RoomLoads(Generic[T]):
     def running(self, room_id: int) -> bool:
         return room_id in self._waiting
 
+    @property
+    def count(self) -> int:
+        return len(self._waiting)
+
     def _loaded(self, result: T | Failure, room_id: int) -> None:
         waiters = self._waiting.pop(room_id)
         if isinstance(result, Failure):
