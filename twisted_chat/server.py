@@ -49,6 +49,8 @@ from .workers import AdoptedPortService
 
 log = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 4096
+
 
 class ChatServer(MultiService):
     def __init__(
@@ -162,8 +164,11 @@ class ChatServer(MultiService):
         self.metrics.watch(self)
         self.listener: Service
         if listen_fd is None:
+            # Twisted's default backlog (50) drops SYNs in a burst of connections, each
+            # then retried a second later; the kernel caps this at net.core.somaxconn.
             self.listener = strports.service(
-                f"tcp:{port}:interface={interface}", cast(IProtocolFactory, self.site)
+                f"tcp:{port}:interface={interface}:backlog={LISTEN_BACKLOG}",
+                cast(IProtocolFactory, self.site),
             )
         else:
             self.listener = AdoptedPortService(reactor, listen_fd, self.site)

@@ -93,7 +93,7 @@ class WorkerSupervisor(Service):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self._interface, self._port))
-        sock.listen(socket.SOMAXCONN)
+        sock.listen(4096)  # as a single server's; the kernel caps it at somaxconn
         sock.setblocking(False)
         self._socket = sock
         log.info("listening on %s:%d for %d workers", self._interface, self._port, self.count)
