@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
+import itertools
 import json
 import os
 import re
+import resource
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 MARK = re.compile(rb"@(\d+):(\d+)@")
+# Ours: the message's id in the room (``{"type": "message", "room": R, "id": N, ...}``).
+MESSAGE_ID = re.compile(rb'"id": ?(\d+)')
 
 
 def marked_text(seq: int, pad: int = 60) -> str:
@@ -69,6 +75,9 @@ class Tally:
     """What one group of receivers saw."""
 
     expected_per_client: int = 0
+    # Keep each receiver's whole order (ours: message ids; others: sequence numbers), to
+    # check that every receiver saw the same messages in the same order (``orders``).
+    track_order: bool = False
     clients: int = 0
     received: int = 0
     duplicates: int = 0
@@ -83,10 +92,14 @@ class Tally:
         self.latencies_ns = []
         self.first_ns = self.last_ns = 0
 
-    def record(self, state: dict[str, Any], seq: int, sent_ns: int, now_ns: int) -> None:
+    def record(
+        self, state: dict[str, Any], seq: int, sent_ns: int, now_ns: int, message_id: int = -1
+    ) -> None:
         seen: bytearray = state["seen"]
         if seq >= len(seen):
             seen.extend(b"\0" * (seq + 1 - len(seen)))
+        if self.track_order:
+            state.setdefault("order", []).append(seq if message_id < 0 else message_id)
         if seen[seq]:
             self.duplicates += 1
             return
@@ -158,10 +171,18 @@ class _Subscriber(asyncio.Protocol):
             if opcode == 0x1:
                 match = MARK.search(payload)
                 if match:
-                    self.tally.record(self.state, int(match.group(2)), int(match.group(1)), now)
+                    message_id = -1
+                    if self.tally.track_order and self.target.is_ours:
+                        found = MESSAGE_ID.search(payload)
+                        message_id = int(found.group(1)) if found else -1
+                    self.tally.record(self.state, int(match.group(2)), int(match.group(1)), now, message_id)
             elif opcode == 0x9:
                 self._pong(payload)
         self.buffer = buffer[pos:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"closed before the handshake: {exc}"))
 
     def _pong(self, payload: bytes) -> None:
         mask = os.urandom(4)
@@ -174,25 +195,119 @@ class _Subscriber(asyncio.Protocol):
 
 
 async def open_subscribers(
-    target: Target, count: int, tally: Tally, concurrency: int = 200
+    target: Target,
+    count: int,
+    tally: Tally,
+    concurrency: int = 200,
+    local_host: str | None = None,
+    failures: list[str] | None = None,
 ) -> list[_Subscriber]:
-    """Open ``count`` subscribed WebSockets, ``concurrency`` handshakes at a time."""
+    """Open ``count`` subscribed WebSockets, ``concurrency`` handshakes at a time.
+
+    ``local_host`` (127.0.0.x) is the source address: each has its own ephemeral ports.
+    With a ``failures`` list, a connection that fails adds its error there instead of
+    failing the whole call; only the ones that opened are returned.
+    """
     loop = asyncio.get_running_loop()
     subscribers: list[_Subscriber] = []
     gate = asyncio.Semaphore(concurrency)
+    local_addr = (local_host, 0) if local_host else None
 
     async def one() -> None:
         async with gate:
             opened: asyncio.Future[None] = loop.create_future()
-            _, protocol = await loop.create_connection(
-                lambda: _Subscriber(target, tally, opened), "127.0.0.1", target.port
-            )
-            await asyncio.wait_for(opened, 30)
+            try:
+                transport, protocol = await loop.create_connection(
+                    lambda: _Subscriber(target, tally, opened),
+                    "127.0.0.1",
+                    target.port,
+                    local_addr=local_addr,
+                )
+                try:
+                    await asyncio.wait_for(opened, 30)
+                except BaseException:
+                    transport.abort()
+                    raise
+            except (TimeoutError, OSError) as error:
+                if failures is None:
+                    raise
+                failures.append(f"{type(error).__name__}: {error}"[:120])
+                return
             subscribers.append(protocol)
 
     await asyncio.gather(*(one() for _ in range(count)))
-    tally.clients += count
+    tally.clients += len(subscribers)
     return subscribers
+
+
+def orders(subscribers: list[_Subscriber]) -> dict[str, Any]:
+    """Whether every subscriber received the same messages in the same order (``track_order``)."""
+    counts = Counter(tuple(s.state.get("order", ())) for s in subscribers)
+    common, common_count = counts.most_common(1)[0] if counts else ((), 0)
+    return {
+        "identical": len(counts) <= 1,
+        "distinct_orders": len(counts),
+        "subscribers_with_most_common": common_count,
+        "length": len(common),
+        "increasing": all(a < b for a, b in itertools.pairwise(common)),
+    }
+
+
+def subscriber_process(
+    pipe: Any, port: int, since: int, count: int, local_host: str, concurrency: int
+) -> None:
+    """A load-generator process (multiprocessing target): ``count`` subscribers of ours' room 1.
+
+    Talks to its parent over ``pipe``: sends what it opened, then for each
+    ``{"do": "expect", "messages": N, "timeout": S}`` waits until each subscriber has N
+    messages (or S seconds) and sends what was received; ``{"do": "close"}`` ends it.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    gc.disable()
+    asyncio.run(_subscriber_process(pipe, port, since, count, local_host, concurrency))
+
+
+async def _subscriber_process(
+    pipe: Any, port: int, since: int, count: int, local_host: str, concurrency: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    tally = Tally(track_order=True)
+    failures: list[str] = []
+    started = time.perf_counter()
+    clients = await open_subscribers(
+        Target("ours", port, since=since), count, tally, concurrency, local_host, failures
+    )
+    pipe.send(
+        {
+            "local_host": local_host,
+            "opened": len(clients),
+            "failed": len(failures),
+            "errors": Counter(failures).most_common(5),
+            "seconds": time.perf_counter() - started,
+            "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        }
+    )
+    while True:
+        command = await loop.run_in_executor(None, pipe.recv)
+        if command["do"] != "expect":
+            break
+        expected = len(clients) * command["messages"]
+        deadline = time.monotonic() + command["timeout"]
+        while tally.received < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        pipe.send(
+            {
+                "received": tally.received,
+                "duplicates": tally.duplicates,
+                "out_of_order": tally.out_of_order,
+                "latencies_ns": tally.latencies_ns,
+                "orders": Counter(tuple(c.state.get("order", ())) for c in clients),
+            }
+        )
+    for client in clients:
+        client.close()
+    pipe.send({"closed": len(clients)})
 
 
 async def long_poller(

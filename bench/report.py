@@ -1,11 +1,21 @@
-"""The benchmark's markdown table and plot, from one run's results."""
+"""The benchmark's markdown table and plot, from one run's results.
+
+``python -m bench.report bench/results/<time>.json`` prints the tables of any run, partial
+ones too (``bench.run`` writes docs/bench/ only for a full run).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-NAMES = {"ours": "this server", "bare": "bare autobahn", "channels": "Channels (daphne)"}
+NAMES = {
+    "ours": "this server",
+    "ours-redis": "this server, Redis, 1 process",
+    "ours-2workers": "this server, Redis, 2 workers",
+    "bare": "bare autobahn",
+    "channels": "Channels (daphne)",
+}
 
 
 def write_report(run: dict[str, Any], out: Path, command: str) -> None:
@@ -28,7 +38,7 @@ def _markdown(run: dict[str, Any], command: str) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, result in servers.items():
-        for b in result["broadcast"]:
+        for b in result.get("broadcast", []):
             lat = b["latency_ms"]
             lines.append(
                 f"| {NAMES.get(kind, kind)} | {b['subscribers']} | {b['messages']} @ {b['rate']:g}/s "
@@ -45,10 +55,13 @@ def _markdown(run: dict[str, Any], command: str) -> str:
         "| --- | --- | --- |",
     ]
     for kind, result in servers.items():
-        idle = result["idle"]
+        idle = result.get("idle")
+        if not idle:
+            continue
         lines.append(f"| {NAMES.get(kind, kind)} | {idle['connections']} | {idle['kb_per_connection']} |")
+    lines += _redis_sections(run)
     ours = servers.get("ours")
-    if ours:
+    if ours and "parked_polls" in ours:
         parked, mixed, senders, pages = (
             ours["parked_polls"],
             ours["mixed_room"],
@@ -77,6 +90,68 @@ def _markdown(run: dict[str, Any], command: str) -> str:
             f"({pages['page_requests_per_s']} pages/s); delivered {pages['loaded_delivered']}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _redis_sections(run: dict[str, Any]) -> list[str]:
+    """The Redis backend against the in-memory one, two workers against one process, and
+    the connections scenario, when the run has them."""
+    servers = run["servers"]
+    lines: list[str] = []
+    variants = [kind for kind in ("ours-redis", "ours-2workers") if servers.get(kind, {}).get("broadcast")]
+    if variants:
+        lines += [
+            "",
+            "## Redis backend and workers (broadcast)",
+            "",
+            "CPU is every serving process's (both workers for two workers); redis-server's own "
+            "CPU is apart. Order: every subscriber received the same ids in the same order.",
+            "",
+            "| server | subscribers | per worker | server CPU µs/delivery | redis-server CPU µs/delivery "
+            "| p99 ms | delivered/expected | same order |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for kind in ("ours", *variants):
+            for b in servers.get(kind, {}).get("broadcast", []):
+                spread = "/".join(str(n) for n in b.get("subscribers_per_worker", [])) or "-"
+                lines.append(
+                    f"| {NAMES[kind]} | {b['subscribers']} | {spread} | {b['server_cpu_us_per_delivery']} "
+                    f"| {b.get('redis_cpu_us_per_delivery', '-')} | {b['latency_ms']['p99']:.1f} "
+                    f"| {b['delivered']}/{b['expected']} | {'yes' if b['order']['identical'] else 'NO'} |"
+                )
+    comparisons = run.get("comparisons", {})
+    if comparisons:
+        lines += [
+            "",
+            "| subscribers | comparison | CPU ratio | p99 ratio | target | met |",
+            "| --- " * 6 + "|",
+        ]
+        for size, entry in comparisons.items():
+            for name, c in entry.items():
+                lines.append(
+                    f"| {size} | {name.replace('_', ' ')} | {c['cpu']} | {c['p99']} | {c['target']} "
+                    f"| {'-' if c['met'] is None else 'yes' if c['met'] else 'no'} |"
+                )
+    for kind, result in servers.items():
+        c = result.get("connections")
+        if not c:
+            continue
+        lat = c["latency_ms"]
+        lines += [
+            "",
+            f"## {c['opened']} concurrent WebSockets ({NAMES.get(kind, kind)})",
+            "",
+            f"- Opened {c['opened']} of {c['connections']} from {len(c['generators'])} generator processes "
+            f"in {c['connect_s']} s ({c['failed']} failed); per worker: "
+            + ", ".join(str(w["connections"]) for w in c["per_worker"])
+            + ".",
+            f"- Memory: {c['kb_per_connection']} KB RSS per connection, summed over the workers "
+            f"({c['rss_before_mb']} → {c['rss_after_mb']} MB).",
+            f"- One message: {c['delivered']}/{c['expected']} delivered, {c['duplicates']} duplicates, "
+            f"same order: {'yes' if c['order_identical'] else 'NO'}; latency p50 {lat['p50']:.0f} ms, "
+            f"p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms; "
+            f"{c['server_cpu_us_per_delivery']} µs server CPU per delivery.",
+        ]
+    return lines
 
 
 def _plot(run: dict[str, Any], path: Path) -> None:
@@ -119,3 +194,10 @@ def _plot(run: dict[str, Any], path: Path) -> None:
     fig.suptitle("100 subscribers: 500 msgs at 200/s; 1000 subscribers: 200 msgs at 50/s")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(_markdown(json.loads(Path(sys.argv[1]).read_text()), f"python -m bench.report {sys.argv[1]}"))

@@ -5,6 +5,9 @@ database; a bare autobahn broadcast server; the Channels tutorial's chat on daph
 the scenarios against it, and writes ``bench/results/<time>.json``,
 ``docs/bench/results.md`` and ``docs/bench/latency.png``.
 
+Ours also runs on Redis (``ours-redis``: one process; ``ours-2workers``: a supervisor and
+two workers on one port), each with its own redis-server on a free loopback port.
+
 The primary figure is the server's CPU time per delivery, from its own CPU counters over
 the burst: it does not depend on how fast the generator is. Latency figures are only
 meaningful while the generator's own CPU share (reported) is below about 75%.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import json
@@ -26,19 +30,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import psutil
 import requests
 
-from .loadgen import Tally, Target, long_poller, open_subscribers, percentiles, send_at_rate
+from .loadgen import (
+    Tally,
+    Target,
+    long_poller,
+    open_subscribers,
+    orders,
+    percentiles,
+    send_at_rate,
+    subscriber_process,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-pass-123456"
 # Messages sent through every server before a measured burst: the first messages over
 # fresh connections (and through the generator's fresh loop) are slower for every server.
 WARM_UP = 5
+# The broadcast size the Redis and workers targets are stated for (``compare``).
+TARGET_SUBSCRIBERS = 1000
+# Times a multi-worker broadcast opens its subscribers until every worker has some.
+SPREAD_ATTEMPTS = 5
 
 
 def free_port() -> int:
@@ -47,28 +65,115 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports (worker i's operators port is base + i)."""
+    while True:
+        base = free_port()
+        try:
+            for offset in range(1, count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+
+
+# Our server's variants: name -> (Redis, worker processes). 0 workers: one process, no
+# supervisor (CHAT_WORKERS=1); 2: a supervisor that binds the port and two workers.
+OURS = {"ours": (False, 0), "ours-redis": (True, 0), "ours-2workers": (True, 2)}
+
+
+class RedisProcess:
+    """A private redis-server on a free loopback port, without persistence (never the shared one)."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.dir),
+                "--loglevel", "warning",
+            ],
+            stdout=open(self.dir / "redis.log", "ab"),  # noqa: SIM115 - the child keeps it
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not self._ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start; see {self.dir}")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def cpu_seconds(self) -> float:
+        """utime + stime from /proc/<pid>/stat (fields 14 and 15, after the ``(comm)``)."""
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss(self) -> int:
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 class Server:
-    """One server under test, as a subprocess."""
+    """One server under test, as a subprocess (ours with workers: a supervisor and its children)."""
 
     def __init__(self, kind: str, workdir: Path, profile: Path | None = None, root: Path = ROOT):
         self.kind = kind
+        self.is_ours = kind in OURS
+        self.uses_redis, self.workers = OURS.get(kind, (False, 0))
         self.profile = profile
         # The checkout ours runs from: another build's worktree to compare (bench/README.md).
         self.root = root
         self.port = free_port()
-        self.ops_port = free_port()
+        self.ops_port = free_ports(max(self.workers, 1))
         self.workdir = workdir
         self.env = dict(os.environ)
         self.process: subprocess.Popen[bytes] | None = None
+        self.redis: RedisProcess | None = None
+        # The processes that serve connections: the server, or the supervisor's workers.
+        self.servers: list[psutil.Process] = []
         self.cookie = ""
 
     def start(self) -> Server:
         log = open(self.workdir / f"{self.kind}.log", "ab")  # noqa: SIM115 - lives as long as the server
-        if self.kind == "ours":
+        if self.is_ours:
+            if self.uses_redis:
+                self.redis = RedisProcess(self.workdir)
+                self.env["CHAT_REDIS_URL"] = self.redis.url
             self.env.update(
+                # Without CHAT_WORKERS, Redis would mean one worker per core.
+                CHAT_WORKERS=str(max(self.workers, 1)),
                 DJANGO_DEBUG="0",
                 DJANGO_SECRET_KEY="bench-" + "k" * 50,
-                DATABASE_URL=f"sqlite:///{self.workdir / 'ours.sqlite3'}",
+                DATABASE_URL=f"sqlite:///{self.workdir / (self.kind + '.sqlite3')}",
                 CHAT_PORT=str(self.port),
                 CHAT_OPS_PORT=str(self.ops_port),
                 CHAT_SEND_RATE="0",
@@ -103,17 +208,34 @@ class Server:
             command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"{self.kind} did not start; see {self.workdir}") from None
-                time.sleep(0.1)
-        if self.kind == "ours":
+        while not self._ready():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} did not start; see {self.workdir}")
+            time.sleep(0.1)
+        root = psutil.Process(self.process.pid)
+        self.servers = root.children() if self.workers else [root]
+        if len(self.servers) != max(self.workers, 1):
+            raise RuntimeError(f"{self.kind}: {len(self.servers)} worker processes, not {self.workers}")
+        if self.is_ours:
             self.cookie = self._login()
         return self
+
+    def _ready(self) -> bool:
+        """The port accepts; ours: every worker answers /healthz on its operators' port (a
+        supervisor's port accepts into its backlog before any worker is up)."""
+        try:
+            if self.is_ours:
+                for url in self.ops_urls:
+                    if requests.get(url + "/healthz", timeout=1).status_code != 200:
+                        return False
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except (OSError, requests.RequestException):
+            return False
+
+    @property
+    def ops_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.ops_port + i}" for i in range(max(self.workers, 1))]
 
     def _login(self) -> str:
         session = requests.Session()
@@ -132,37 +254,69 @@ class Server:
         return "; ".join(f"{c.name}={c.value}" for c in session.cookies)
 
     def last_id(self) -> int:
-        if self.kind != "ours":
+        if not self.is_ours:
             return 0
         return requests.get(f"http://127.0.0.1:{self.port}/poll?room=1&timeout=0", timeout=10).json()["last"]
 
     @property
     def target(self) -> Target:
         """Receivers start after the room's current newest message."""
-        return Target(self.kind, self.port, self.cookie, since=self.last_id())
+        return Target("ours" if self.is_ours else self.kind, self.port, self.cookie, since=self.last_id())
 
     @property
     def sender_target(self) -> Target:
         """Ours sends on a connection that is not subscribed, as a browser tab in another room would."""
-        return Target("ours-sender" if self.kind == "ours" else self.kind, self.port, self.cookie)
+        return Target("ours-sender" if self.is_ours else self.kind, self.port, self.cookie)
 
     def cpu_seconds(self) -> float:
+        """User + system CPU of every serving process (all the workers; not the supervisor,
+        which only holds the listening socket). A worker that was restarted fails this."""
+        total = 0.0
+        for process in self.servers:
+            times = process.cpu_times()  # psutil checks the pid was not reused
+            total += times.user + times.system
+        return total
+
+    def supervisor_cpu_seconds(self) -> float:
+        if not self.workers:
+            return 0.0
         times = psutil.Process(self.process.pid).cpu_times()
         return times.user + times.system
 
     def rss(self) -> int:
-        return psutil.Process(self.process.pid).memory_info().rss
+        return sum(process.memory_info().rss for process in self.servers)
+
+    def rss_each(self) -> list[int]:
+        return [process.memory_info().rss for process in self.servers]
+
+    def health_each(self) -> list[dict[str, Any]]:
+        return [requests.get(url + "/healthz", timeout=10).json() for url in self.ops_urls]
 
     def health(self) -> dict[str, Any]:
-        return requests.get(f"http://127.0.0.1:{self.ops_port}/healthz", timeout=5).json()
+        """The workers' /healthz, counts summed."""
+        merged: dict[str, Any] = {}
+        for health in self.health_each():
+            for key, value in health.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    merged[key] = merged.get(key, 0) + value
+                else:
+                    merged.setdefault(key, value)
+        return merged
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(15)
+                self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        # A supervisor that had to be killed leaves its workers behind: end them by pid.
+        for worker in self.servers:
+            if worker.pid != self.process.pid and worker.is_running():
+                worker.kill()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 def own_cpu() -> float:
@@ -179,11 +333,22 @@ async def wait_until(predicate, timeout: float) -> bool:
     return predicate()
 
 
-async def wait_subscribed(server: Server, count: int) -> None:
+async def wait_subscribed(server: Server, count: int, timeout: float = 60) -> None:
     """Exactly ``count``: the previous scenario's aborted clients must be gone too, or the
     burst would start while the server is still closing them."""
-    if server.kind == "ours":
-        await wait_until(lambda: server.health()["subscriptions"] == count, 60)
+    if server.is_ours:
+        await wait_until(lambda: server.health()["subscriptions"] == count, timeout)
+
+
+async def settled_rss(server: Server) -> int:
+    """The serving processes' RSS once it stops moving (at most 5 s)."""
+    samples = [server.rss()]
+    for _ in range(20):
+        await asyncio.sleep(0.25)
+        samples.append(server.rss())
+        if abs(samples[-1] - samples[-2]) < 0.002 * samples[-1]:
+            break
+    return samples[-1]
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -208,25 +373,53 @@ def scenario(fn):
 @scenario
 async def broadcast(server: Server, subscribers: int, messages: int, rate: float) -> dict[str, Any]:
     """N subscribers, one sender at ``rate``: delivery, latency, server CPU per delivery."""
-    tally = Tally(expected_per_client=messages)
-    started = time.perf_counter()
     target = server.target
-    clients = await open_subscribers(target, subscribers, tally)
-    connect_seconds = time.perf_counter() - started
-    await wait_subscribed(server, subscribers)
+    for attempt in range(1, SPREAD_ATTEMPTS + 1):
+        tally = Tally(expected_per_client=messages, track_order=server.is_ours)
+        started = time.perf_counter()
+        clients = await open_subscribers(target, subscribers, tally)
+        connect_seconds = time.perf_counter() - started
+        await wait_subscribed(server, subscribers)
+        # Where the kernel put the subscribers (one figure per worker). Workers race to
+        # accept on the one socket, and a burst of 100 can land 99 on one of them: open
+        # them again until each worker has at least half its even share.
+        spread = [h.get("subscriptions", 0) for h in server.health_each()] if server.is_ours else []
+        if not server.workers or min(spread) * 2 * server.workers >= subscribers:
+            break
+        if attempt < SPREAD_ATTEMPTS:
+            for client in clients:
+                client.close()
+            await wait_subscribed(server, 0)
     await send_at_rate(server.sender_target, WARM_UP, rate)
     await wait_until(lambda: tally.received >= subscribers * WARM_UP, 30)
     tally.restart()
+    redis_cpu0 = server.redis.cpu_seconds() if server.redis else 0.0
+    supervisor0 = server.supervisor_cpu_seconds()
     cpu0, gen0, wall0 = server.cpu_seconds(), own_cpu(), time.perf_counter()
     await send_at_rate(server.sender_target, messages, rate, start_seq=WARM_UP)
     expected = subscribers * messages
     await wait_until(lambda: tally.received >= expected, 30)
     cpu1, gen1, wall1 = server.cpu_seconds(), own_cpu(), time.perf_counter()
+    redis_cpu1 = server.redis.cpu_seconds() if server.redis else 0.0
+    supervisor1 = server.supervisor_cpu_seconds()
     for client in clients:
         client.close()
     # The references echo to the sender too: count what the server really delivered.
-    server_deliveries = tally.received + (messages if server.kind != "ours" else 0)
+    server_deliveries = tally.received + (messages if not server.is_ours else 0)
     span = (tally.last_ns - tally.first_ns) / 1e9 or 1e-9
+    extra: dict[str, Any] = {}
+    if server.is_ours:
+        # Warm-up included: every subscriber, whichever worker it is on, the same ids in order.
+        extra["order"] = orders(clients)
+    if server.workers:
+        extra["subscribers_per_worker"] = spread
+        extra["spread_attempts"] = attempt
+        extra["supervisor_cpu_ms"] = round((supervisor1 - supervisor0) * 1e3, 1)
+    if server.redis:
+        extra["redis_cpu_ms"] = round((redis_cpu1 - redis_cpu0) * 1e3, 1)
+        extra["redis_cpu_us_per_delivery"] = round(
+            (redis_cpu1 - redis_cpu0) / max(server_deliveries, 1) * 1e6, 3
+        )
     return {
         "subscribers": subscribers,
         "messages": messages,
@@ -240,6 +433,7 @@ async def broadcast(server: Server, subscribers: int, messages: int, rate: float
         "connect_s": round(connect_seconds, 3),
         "server_cpu_us_per_delivery": round((cpu1 - cpu0) / max(server_deliveries, 1) * 1e6, 2),
         "generator_cpu_share": round((gen1 - gen0) / (wall1 - wall0), 3),
+        **extra,
     }
 
 
@@ -249,13 +443,7 @@ async def idle_memory(server: Server, connections: int) -> dict[str, Any]:
     tally = Tally()
     clients = await open_subscribers(server.target, connections, tally)
     await wait_subscribed(server, connections)
-    samples = [server.rss()]
-    for _ in range(20):  # let the server settle: stop when RSS stops moving
-        await asyncio.sleep(0.25)
-        samples.append(server.rss())
-        if abs(samples[-1] - samples[-2]) < 0.002 * samples[-1]:
-            break
-    after = samples[-1]
+    after = await settled_rss(server)
     for client in clients:
         client.close()
     return {
@@ -381,21 +569,183 @@ async def pages_under_chat(server: Server, subscribers: int, rate: float, second
     }
 
 
+async def _from_pipe(pipe: Any, timeout: float) -> dict[str, Any]:
+    """The next report of a generator process (it may take minutes: read it off the loop)."""
+    ready = await asyncio.get_running_loop().run_in_executor(None, pipe.poll, timeout)
+    if not ready:
+        raise TimeoutError(f"no word from a generator process in {timeout:g} s")
+    return pipe.recv()
+
+
+@scenario
+async def many_connections(server: Server, connections: int, generators: int) -> dict[str, Any]:
+    """``connections`` subscribed WebSockets from ``generators`` processes, one message to all.
+
+    Each generator process has its own source address (127.0.0.2, .3, ...), so each has
+    the whole ephemeral port range to itself, and raises its own descriptor limit. Memory
+    is the serving processes' RSS (all the workers) after the connections, less before.
+    """
+    before = await settled_rss(server)
+    before_each = server.rss_each()
+    redis_before = server.redis.rss() if server.redis else 0
+    since = server.last_id()
+    shares = [
+        connections // generators + (1 if i < connections % generators else 0) for i in range(generators)
+    ]
+    context = multiprocessing.get_context("spawn")
+    pipes, processes = [], []
+    cpu0, started = server.cpu_seconds(), time.perf_counter()
+    for index, count in enumerate(shares):
+        parent_end, child_end = context.Pipe()
+        process = context.Process(
+            target=subscriber_process,
+            args=(child_end, server.port, since, count, f"127.0.0.{index + 2}", 100),
+            daemon=True,
+        )
+        process.start()
+        pipes.append(parent_end)
+        processes.append(process)
+    try:
+        opened = await asyncio.gather(*(_from_pipe(pipe, 900) for pipe in pipes))
+        total = sum(report["opened"] for report in opened)
+        connect_seconds = time.perf_counter() - started
+        await wait_subscribed(server, total, timeout=120)
+        cpu1 = server.cpu_seconds()
+        each = server.health_each()
+        after = await settled_rss(server)
+        after_each = server.rss_each()
+        redis_after = server.redis.rss() if server.redis else 0
+        descriptors = [process.num_fds() for process in server.servers]
+
+        # One message to all of them.
+        gen0 = own_cpu()
+        cpu2, wall2 = server.cpu_seconds(), time.perf_counter()
+        acks = await send_at_rate(server.sender_target, 1, 1)
+        for pipe in pipes:
+            pipe.send({"do": "expect", "messages": 1, "timeout": 60})
+        received = await asyncio.gather(*(_from_pipe(pipe, 120) for pipe in pipes))
+        cpu3, wall3 = server.cpu_seconds(), time.perf_counter()
+        gen1 = own_cpu()
+        for pipe in pipes:
+            pipe.send({"do": "close"})
+        await asyncio.gather(*(_from_pipe(pipe, 60) for pipe in pipes))
+    finally:
+        for pipe, process in zip(pipes, processes, strict=True):
+            if process.is_alive():  # after a failure: it waits for a command
+                with contextlib.suppress(OSError):
+                    pipe.send({"do": "close"})
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+    delivered = sum(r["received"] for r in received)
+    all_orders: Counter[tuple[int, ...]] = Counter()
+    for r in received:
+        all_orders.update(r["orders"])
+    latencies = [value for r in received for value in r["latencies_ns"]]
+    return {
+        "connections": connections,
+        "generators": [
+            {k: v for k, v in report.items() if k != "rlimit_nofile"} | {"share": share}
+            for report, share in zip(opened, shares, strict=True)
+        ],
+        "generator_nofile_limit": opened[0]["rlimit_nofile"],
+        "opened": total,
+        "failed": sum(report["failed"] for report in opened),
+        "connect_s": round(connect_seconds, 2),
+        "server_cpu_us_per_connection": round((cpu1 - cpu0) / max(total, 1) * 1e6, 1),
+        "per_worker": [
+            {
+                "connections": health.get("connections"),
+                "websockets": health.get("websockets"),
+                "subscriptions": health.get("subscriptions"),
+                "max_connections": health.get("max_connections"),
+                "open_fds": fds,
+                "rss_before_mb": round(b / 2**20, 1),
+                "rss_after_mb": round(a / 2**20, 1),
+            }
+            for health, fds, b, a in zip(each, descriptors, before_each, after_each, strict=True)
+        ],
+        "rss_before_mb": round(before / 2**20, 1),
+        "rss_after_mb": round(after / 2**20, 1),
+        "kb_per_connection": round((after - before) / max(total, 1) / 1024, 2),
+        "redis_rss_delta_mb": round((redis_after - redis_before) / 2**20, 2),
+        "acked": len(acks),
+        "expected": total,
+        "delivered": delivered,
+        "duplicates": sum(r["duplicates"] for r in received),
+        "order_identical": len(all_orders) <= 1,
+        "latency_ms": percentiles(latencies),
+        "broadcast_server_cpu_ms": round((cpu3 - cpu2) * 1e3, 1),
+        "server_cpu_us_per_delivery": round((cpu3 - cpu2) / max(delivered, 1) * 1e6, 2),
+        "broadcast_wall_s": round(wall3 - wall2, 2),
+        "parent_generator_cpu_s": round(gen1 - gen0, 2),
+    }
+
+
+def compare(servers: dict[str, Any]) -> dict[str, Any]:
+    """Ratios from one run: Redis with one process against the in-memory backend, and two
+    workers against one process, per subscriber count; the targets apply at 1000."""
+
+    def by_size(kind: str) -> dict[int, dict[str, Any]]:
+        return {b["subscribers"]: b for b in servers.get(kind, {}).get("broadcast", [])}
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 2) if b else None
+
+    memory, redis, workers = by_size("ours"), by_size("ours-redis"), by_size("ours-2workers")
+    result: dict[str, Any] = {}
+    for size in sorted(set(memory) | set(redis) | set(workers)):
+        entry: dict[str, Any] = {}
+        m, r, w = memory.get(size), redis.get(size), workers.get(size)
+        if m and r:
+            cpu = ratio(r["server_cpu_us_per_delivery"], m["server_cpu_us_per_delivery"])
+            p99 = ratio(r["latency_ms"]["p99"], m["latency_ms"]["p99"])
+            entry["redis_vs_memory"] = {
+                "cpu": cpu,
+                "p99": p99,
+                "target": "cpu <= 1.2, p99 <= 1.5",
+                "met": cpu is not None and p99 is not None and cpu <= 1.2 and p99 <= 1.5,
+            }
+        for name, one in (("2workers_vs_redis_1process", r), ("2workers_vs_memory_1process", m)):
+            if w and one:
+                cpu = ratio(w["server_cpu_us_per_delivery"], one["server_cpu_us_per_delivery"])
+                entry[name] = {
+                    "cpu": cpu,
+                    "p99": ratio(w["latency_ms"]["p99"], one["latency_ms"]["p99"]),
+                    "target": "cpu <= 1.15, nothing lost, same order",
+                    "met": cpu is not None
+                    and cpu <= 1.15
+                    and w["delivered"] == w["expected"]
+                    and w["duplicates"] == 0
+                    and w["order"]["identical"],
+                }
+        if size != TARGET_SUBSCRIBERS:  # ratios only: the targets are stated at 1000
+            for value in entry.values():
+                value["target"], value["met"] = "-", None
+        if entry:
+            result[str(size)] = entry
+    return result
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
 async def run_server(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     wanted = set(args.scenarios.split(","))
     results: dict[str, Any] = {}
+    # Connections first, on a fresh process (best run alone: bench/README.md).
+    if "connections" in wanted and server.is_ours:
+        results["connections"] = await many_connections(server, args.connections, args.generators)
     # Idle memory first, on a fresh process, before bursts have grown its heap.
     if "idle" in wanted:
         results["idle"] = await idle_memory(server, args.idle)
     if "broadcast" in wanted:
         results["broadcast"] = [
             await broadcast(server, subscribers, messages, rate)
-            for subscribers, messages, rate in ((100, 500, 200), (1000, 200, 50))
+            for subscribers, messages, rate in args.broadcast
         ]
-    if server.kind == "ours":
+    if server.is_ours:
         if "polls" in wanted:
             results["parked_polls"] = await parked_polls(server, 1000)
             results["mixed_room"] = await mixed_room(server, 500, 500, 20, 10)
@@ -406,13 +756,36 @@ async def run_server(server: Server, args: argparse.Namespace) -> dict[str, Any]
     return results
 
 
+def _bursts(text: str) -> list[tuple[int, int, float]]:
+    bursts = []
+    for item in text.split(","):
+        sizes, rate = item.split("@")
+        subscribers, messages = sizes.split("x")
+        bursts.append((int(subscribers), int(messages), float(rate)))
+    return bursts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", default="ours,bare,channels")
+    parser.add_argument(
+        "--servers", default="ours,bare,channels", help="of ours, ours-redis, ours-2workers, bare, channels"
+    )
     parser.add_argument("--idle", type=int, default=3000, help="idle connections for the memory figure")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--scenarios", default="idle,broadcast,polls,senders,pages")
     parser.add_argument("--profile", type=Path, help="cProfile our server's reactor thread into this file")
+    parser.add_argument(
+        "--broadcast",
+        type=_bursts,
+        default="100x500@200,1000x200@50",
+        help="broadcast bursts: SUBSCRIBERSxMESSAGES@RATE, comma-separated",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=20000, help="WebSockets for the connections scenario"
+    )
+    parser.add_argument(
+        "--generators", type=int, default=4, help="load-generator processes for the connections scenario"
+    )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -426,18 +799,24 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
         for kind in args.servers.split(","):
-            server = Server(kind, Path(tmp), args.profile if kind == "ours" else None).start()
-            try:
+            server = Server(kind, Path(tmp), args.profile if kind == "ours" else None)
+            try:  # a server that fails to start still has its redis-server (and workers) ended
+                server.start()
                 print(f"== {kind}", flush=True)
                 run["servers"][kind] = asyncio.run(run_server(server, args))
                 print(json.dumps(run["servers"][kind], indent=1), flush=True)
             finally:
                 server.stop()
+    comparisons = compare(run["servers"])
+    if comparisons:
+        run["comparisons"] = comparisons
+        print("== comparisons", json.dumps(comparisons, indent=1), sep="\n", flush=True)
 
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / f"{run['started'].replace(':', '')}.json").write_text(json.dumps(run, indent=1))
-    if args.scenarios == parser.get_default("scenarios"):
+    defaults = args.scenarios == parser.get_default("scenarios")
+    if defaults and args.broadcast == _bursts(parser.get_default("broadcast")):
         from .report import write_report
 
         write_report(run, args.out, " ".join(["python -m bench.run", *sys.argv[1:]]))
