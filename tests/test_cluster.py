@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import requests
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import postgres_server
 from .conftest import fill_template
@@ -273,3 +273,53 @@ def test_a_postgresql_restart_mid_traffic_loses_nothing_acknowledged(server_fact
     assert len(acked) == len(nonces) and acked == set(final) and len(final) == len(set(final))
     wait_for(lambda: on_a.ids == on_b.ids == final, 30, what="both readers to hold the whole history")
     assert on_a.closed is None and on_b.closed is None
+
+
+def test_limits_per_user_hold_across_processes(cluster):
+    a, b = (
+        cluster(CHAT_MAX_CONNECTIONS_PER_USER="2", CHAT_SEND_RATE="1", CHAT_SEND_BURST="3"),
+        cluster(CHAT_MAX_CONNECTIONS_PER_USER="2", CHAT_SEND_RATE="1", CHAT_SEND_BURST="3"),
+    )
+    alice_a, alice_b = login(a, "alice"), login(b, "alice")
+    on_a = Reader(a, alice_a, LOBBY)
+    on_b = Reader(b, alice_b, LOBBY)
+    with pytest.raises(InvalidStatus) as denied:
+        ws_connect(a, alice_a)
+    assert denied.value.response.status_code == 429
+    refused = requests.get(
+        f"{b.url}/poll?room={LOBBY}&since=0&timeout=1", cookies=alice_b.cookies, timeout=10
+    )
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_connections"
+    # Three sends make the burst, whichever process takes them; the fourth waits.
+    for i, reader in enumerate((on_a, on_b, on_a)):
+        reader.send(f"m{i}", f"n-{i}")
+        wait_for(lambda i=i, reader=reader: f"n-{i}" in reader.acks, 10, what=f"ack {i}")
+    on_b.send("too soon", "n-3")
+    wait_for(lambda: on_b.errors, 10, what="a refusal")
+    assert on_b.errors[0]["code"] == "rate_limited" and on_b.errors[0]["nonce"] == "n-3"
+    on_a.close()
+    wait_for(lambda: a.stats()["websockets"] == 0, 10, what="the slot given back")
+    wait_for(lambda: _can_connect(b, alice_b), 10, what="a second connection on the other process")
+
+
+def _can_connect(server: ChatServerProcess, session: requests.Session) -> bool:
+    try:
+        ws_connect(server, session).close()
+    except InvalidStatus:
+        return False
+    return True
+
+
+def test_a_logout_on_one_process_ends_that_browsers_connections_on_every_process(cluster):
+    a, b = cluster(), cluster()
+    alice = login(a, "alice")
+    on_b = Reader(b, alice, LOBBY)
+    response = alice.post(
+        a.url + "/accounts/logout/",
+        data={"csrfmiddlewaretoken": alice.cookies["csrftoken"]},
+        headers={"Referer": a.url + "/chats/"},
+        timeout=10,
+    )
+    assert response.status_code in (200, 302)
+    wait_for(lambda: on_b.closed is not None, 10, what="the other process to end the connection")
+    assert on_b.closed == 4001

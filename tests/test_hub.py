@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
 
 from chat.models import ChatRoom
 from twisted_chat.errors import ProtocolError
@@ -104,7 +105,11 @@ class World:
     def client(self, author=None, session_key=None, browser_key=None):
         sink = Sink()
         identity = Identity(session_key, browser_key, author)
-        return self.hub.connect(sink, identity), sink
+        outcome = []
+        self.hub.connect(sink, identity).addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0], sink
 
     def post(self, author, room_id, *texts):
         acks = []

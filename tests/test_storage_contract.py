@@ -1,28 +1,39 @@
 """What every storage backend must do, through the four interfaces only.
 
 Each backend is one entry of ``BACKENDS``: a function that builds a ``Backend`` (the four
-parts, plus ways to let time pass and pending work finish). The Redis backend adds its
-own entry; every test here then runs against it too.
+parts, plus ways to let time pass and pending work finish). The local backend runs on a
+fake clock; the Redis backend talks to a real redis-server of its own over real
+connections, turning the real reactor until each Deferred fires (``tests.reactor_wait``).
+
+The tests at the end need two processes sharing one database and one Redis: they build
+two Redis backends in this one process, which share nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 from django.contrib.auth.models import User
-from twisted.internet import task
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from chat.models import ChatRoom
 from twisted_chat.events import Author, ChatMessage, MessageDeleted
-from twisted_chat.storage import Storage
+from twisted_chat.storage import Storage, archive
 from twisted_chat.storage.directory import LocalRoomDirectory
 from twisted_chat.storage.interfaces import RoomInfo, UnknownRoom
 from twisted_chat.storage.memory_broker import LocalBroker
 from twisted_chat.storage.memory_presence import LocalPresence
 from twisted_chat.storage.message_log import SqlMessageLog
+from twisted_chat.storage.redis_connection import RedisConnection
+from twisted_chat.storage.redis_feed import RedisMessageFeed
+from twisted_chat.storage.redis_presence import RedisPresence
+
+from .reactor_wait import turn, wait_for, wait_until
+from .redis_server import RedisServer
 
 pytestmark = pytest.mark.django_db
 
@@ -33,6 +44,9 @@ class Backend:
     settle: Callable[[], None]  # let pending writes and deliveries finish
     advance: Callable[[float], None]  # let this many seconds pass
     committed: list[tuple[int, list[int]]] = field(default_factory=list)
+    wait: Callable[[Deferred], None] | None = None  # turn a real reactor until it fires
+    # Presence timings are scaled by this on a real clock, to keep the tests short.
+    time_scale: float = 1.0
 
 
 def local_backend() -> Backend:
@@ -44,9 +58,6 @@ def local_backend() -> Backend:
         committed.append((room_id, [m.id for m in messages]))
         broker.publish(room_id, messages)
 
-    def run_now(fn, *args):
-        return maybeDeferred(fn, *args)
-
     storage = Storage(
         LocalRoomDirectory(run_now),
         SqlMessageLog(clock, run_now, run_now, on_committed),
@@ -56,12 +67,67 @@ def local_backend() -> Backend:
     return Backend(storage, lambda: clock.advance(0), clock.advance, committed)
 
 
-BACKENDS = {"local": local_backend}
+def run_now(fn, *args):
+    return maybeDeferred(fn, *args)
+
+
+def redis_backend(redis_url: str, gap_wait: float = 0.1) -> Backend:
+    """One process's Redis backend; several share the database and the redis-server."""
+    connection = RedisConnection(reactor, redis_url, timeout=1.0)
+    wait_until(lambda: connection.available and connection.commands_ready, 10, "the connections to Redis")
+    committed: list[tuple[int, list[int]]] = []
+    broker = LocalBroker()
+
+    def on_committed(room_id: int, messages: list[ChatMessage]) -> None:
+        committed.append((room_id, [m.id for m in messages]))
+        broker.publish(room_id, messages)
+
+    feed = RedisMessageFeed(connection, f"test-{next(_processes)}", window=100)
+    log = SqlMessageLog(reactor, run_now, run_now, on_committed, window=100, feed=feed, gap_wait=gap_wait)
+    storage = Storage(
+        LocalRoomDirectory(run_now),
+        log,
+        broker,
+        RedisPresence(connection.commands, reactor, prefix=connection.prefix),
+    )
+
+    def settle() -> None:
+        # A round trip after every publish: their replies, and the acks they hold, come first.
+        wait_until(lambda: log.idle, 10, "the log to finish its work")
+        wait_for(connection.run(connection.commands.ping), 10)
+        wait_until(lambda: log.idle, 10, "the log to finish its work")
+
+    def wait(d: Deferred) -> None:
+        fired: list[object] = []
+        d.addBoth(lambda result: (fired.append(result), result)[1])
+        wait_until(lambda: bool(fired), 10, "a Deferred to fire")
+
+    backend = Backend(storage, settle, turn, committed, wait=wait, time_scale=0.1)
+    _open_connections.append((connection, log))
+    return backend
+
+
+_processes = itertools.count(1)
+_open_connections: list[tuple[RedisConnection, SqlMessageLog]] = []
+
+BACKENDS = {"local": local_backend, "redis": redis_backend}
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    with RedisServer() as server:
+        yield server.url
+        for connection, log in _open_connections:
+            log.close()
+            wait_for(connection.close(), 10)
+        _open_connections.clear()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request) -> Backend:
-    return BACKENDS[request.param]()
+    if request.param == "redis":
+        return redis_backend(request.getfixturevalue("redis_url"))
+    return local_backend()
 
 
 @pytest.fixture
@@ -76,6 +142,8 @@ def alice():
 
 def result_of(d: Deferred, backend: Backend | None = None):
     if backend is not None:
+        if backend.wait is not None:
+            backend.wait(d)
         backend.settle()
     results = []
     d.addBoth(results.append)
@@ -86,6 +154,8 @@ def result_of(d: Deferred, backend: Backend | None = None):
 
 
 def failure_of(d: Deferred, backend: Backend):
+    if backend.wait is not None:
+        backend.wait(d)
     backend.settle()
     results = []
     d.addBoth(results.append)
@@ -247,15 +317,89 @@ def test_broker_keeps_delivering_when_a_handler_fails(backend, room):
 
 def test_presence_entries_expire_unless_set_again(backend, room):
     presence = backend.storage.presence
-    presence.set(room.pk, "c1", {"user": "alice"}, ttl=10)
-    presence.set(room.pk, "c2", {"user": "bob"}, ttl=10)
-    presence.set(room.pk + 1, "c3", {"user": "carol"}, ttl=10)
+    ttl, step = 10 * backend.time_scale, 6 * backend.time_scale
+    presence.set(room.pk, "c1", {"user": "alice"}, ttl=ttl)
+    presence.set(room.pk, "c2", {"user": "bob"}, ttl=ttl)
+    presence.set(room.pk + 1, "c3", {"user": "carol"}, ttl=ttl)
     assert result_of(presence.entries(room.pk), backend) == {"c1": {"user": "alice"}, "c2": {"user": "bob"}}
-    backend.advance(6)
-    presence.set(room.pk, "c1", {"user": "alice"}, ttl=10)
-    backend.advance(6)
+    backend.advance(step)
+    presence.set(room.pk, "c1", {"user": "alice"}, ttl=ttl)
+    backend.advance(step)
     assert result_of(presence.entries(room.pk), backend) == {"c1": {"user": "alice"}}
     presence.remove(room.pk, "c1")
     assert result_of(presence.entries(room.pk), backend) == {}
-    backend.advance(6)
+    backend.advance(step)
     assert result_of(presence.entries(room.pk + 1), backend) == {}
+
+
+# --- several processes sharing a database and Redis ---------------------------------------
+
+
+@pytest.fixture
+def two_processes(redis_url) -> tuple[Backend, Backend]:
+    return redis_backend(redis_url), redis_backend(redis_url)
+
+
+def delivered(backend: Backend, room_id: int) -> list[int]:
+    return [i for r, ids in backend.committed if r == room_id for i in ids]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_hand_on_each_others_messages_in_one_order(two_processes, room, alice):
+    a, b = two_processes
+    for backend in (a, b):
+        result_of(backend.storage.log.last_id(room.pk), backend)
+    acks = []
+    for i in range(20):
+        acks.append(a.storage.log.append(room.pk, alice, f"a{i}"))
+        acks.append(b.storage.log.append(room.pk, alice, f"b{i}"))
+    ids = [result_of(d, a) for d in acks]
+    wait_until(lambda: len(delivered(a, room.pk)) == len(delivered(b, room.pk)) == 40, 10, "40 each")
+    assert delivered(a, room.pk) == delivered(b, room.pk) == list(range(1, 41))
+    assert sorted(ids) == list(range(1, 41))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_on_another_process_gets_the_original_id(two_processes, room, alice):
+    a, b = two_processes
+    first = result_of(a.storage.log.append(room.pk, alice, "hello", "n-1"), a)
+    assert result_of(b.storage.log.append(room.pk, alice, "hello", "n-1"), b) == first
+    assert [m.id for m in result_of(b.storage.log.read_after(room.pk, 0, 10), b)] == [first]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_that_was_never_published_is_read_from_the_database(redis_url, room, alice):
+    a, b = redis_backend(redis_url), redis_backend(redis_url, gap_wait=0.05)
+    result_of(b.storage.log.last_id(room.pk), b)
+    # A process that dies between its commit and its publish: the row is there, no message.
+    outcomes = archive.write_batch([ChatMessage(room.pk, 0, 0, "alice", "orphan", alice.id)])
+    assert outcomes == [archive.Stored(1)]
+    result_of(a.storage.log.append(room.pk, alice, "next"), a)
+    wait_until(lambda: delivered(b, room.pk) == [1, 2], 10, "the hole filled from the database")
+    assert [m.text for m in result_of(b.storage.log.read_after(room.pk, 0, 10), b)] == ["orphan", "next"]
+    # With no later message to reveal it, the periodic check of the rooms finds it.
+    archive.write_batch([ChatMessage(room.pk, 0, 0, "alice", "last words", alice.id)])
+    b.storage.log._check_rooms()
+    wait_until(lambda: delivered(b, room.pk) == [1, 2, 3], 10, "the trailing message")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_started_later_reads_recent_history_from_redis(redis_url, room, alice, monkeypatch):
+    a = redis_backend(redis_url)
+    for i in range(5):
+        a.storage.log.append(room.pk, alice, f"m{i}")
+    a.settle()
+    a.storage.log.forget(room.pk, 2)
+    room.messages.filter(seq=2).delete()
+    result_of(a.storage.log.last_id(room.pk), a)
+    rows_read: list[str] = []
+    for name in ("read_after", "read_latest", "read_between"):
+        real = getattr(archive, name)
+        monkeypatch.setattr(
+            archive, name, lambda *args, _real=real, _name=name: (rows_read.append(_name), _real(*args))[1]
+        )
+    b = redis_backend(redis_url)
+    latest = result_of(b.storage.log.read_latest(room.pk, 10), b)
+    assert [m.id for m in latest] == [1, 3, 4, 5]
+    assert [m.id for m in result_of(b.storage.log.read_after(room.pk, 0, 10), b)] == [1, 3, 4, 5]
+    assert rows_read == [], "a deleted message's tombstone keeps the Redis window whole"

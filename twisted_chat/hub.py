@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from .errors import ProtocolError, as_protocol_error, no_such_room, rate_limited
 from .events import Author, ChatMessage, MessageDeleted, RoomEvent
-from .limits import ConnectionLimits, Lease, SendRateLimiter
+from .limits import ConnectionLease, SendRateLimiter
 from .sessions import SessionCache
 from .storage.interfaces import Broker, MessageLog, RoomDirectory, RoomInfo, UnknownRoom
 
@@ -77,6 +77,21 @@ class ClientSink(Protocol):
         """Too far behind: end the connection; the client resumes with ``since``."""
 
 
+class SendLimiter(Protocol):
+    """Sends per user: ``limits.SendRateLimiter``, or ``redis_limits.SharedSendRateLimiter``
+    over every process (which answers later)."""
+
+    def retry_after(self, key: Hashable) -> float | Deferred[float]: ...
+
+
+class UserConnectionLimits(Protocol):
+    """Open connections per user: ``limits.ConnectionLimits``, or over every process
+    ``redis_limits.SharedConnectionLimits``; refusals are ProtocolError
+    ``too_many_connections``."""
+
+    def admit(self, user_id: int | None) -> ConnectionLease | Deferred[ConnectionLease]: ...
+
+
 class SubscriptionState(enum.Enum):
     LOADING = "loading"
     CATCHING_UP = "catching up"
@@ -107,7 +122,7 @@ class Client:
 
     __slots__ = ("_lease", "_sends", "closed", "hub", "identity", "resume_after", "sink", "subscriptions")
 
-    def __init__(self, hub: RoomHub, sink: ClientSink, identity: Identity, lease: Lease):
+    def __init__(self, hub: RoomHub, sink: ClientSink, identity: Identity, lease: ConnectionLease):
         self.hub = hub
         self.sink = sink
         self.identity = identity
@@ -202,8 +217,8 @@ class RoomHub:
         message_log: MessageLog,
         broker: Broker,
         sessions: SessionCache,
-        send_limiter: SendRateLimiter,
-        connection_limits: ConnectionLimits,
+        send_limiter: SendLimiter,
+        connection_limits: UserConnectionLimits,
         command_limiter: SendRateLimiter,
         *,
         max_rooms_per_client: int = 50,
@@ -236,10 +251,22 @@ class RoomHub:
     def authenticate(self, session_key: str | None) -> Deferred[Author | None]:
         return self.sessions.author(session_key)
 
-    def connect(self, sink: ClientSink, identity: Identity) -> Client:
-        """Admit a connection; raises ProtocolError ``too_many_connections``."""
+    def connect(self, sink: ClientSink, identity: Identity) -> Deferred[Client]:
+        """Admit a connection; fails with ProtocolError ``too_many_connections``.
+
+        With Redis the user's connections are counted over every process, so admission
+        may wait for it. A transport whose client left meanwhile closes the Client it gets.
+        """
         author_id = identity.author.id if identity.author is not None else None
-        lease = self.connection_limits.admit(author_id)
+        try:
+            lease = self.connection_limits.admit(author_id)
+        except ProtocolError as error:
+            return fail(error)
+        if isinstance(lease, Deferred):
+            return lease.addCallback(self._admitted, sink, identity)
+        return succeed(self._admitted(lease, sink, identity))
+
+    def _admitted(self, lease: ConnectionLease, sink: ClientSink, identity: Identity) -> Client:
         client = Client(self, sink, identity, lease)
         for index, key in self._index_keys(client):
             index.setdefault(key, set()).add(client)
@@ -295,8 +322,15 @@ class RoomHub:
             ack.errback(Failure(ProtocolError("not_authenticated", "log in to post", reply_nonce)))
             return succeed(None)
         wait = self.send_limiter.retry_after(author.id)
+        if isinstance(wait, Deferred):  # counted over every process, in Redis
+            return wait.addCallback(self._post_allowed, author, room_id, text, nonce, ack)
+        return self._post_allowed(wait, author, room_id, text, nonce, ack)
+
+    def _post_allowed(
+        self, wait: float, author: Author, room_id: int, text: str, nonce: str, ack: Deferred[int]
+    ) -> Deferred[None]:
         if wait:
-            ack.errback(Failure(rate_limited(wait, reply_nonce)))
+            ack.errback(Failure(rate_limited(wait, nonce or None)))
             return succeed(None)
 
         def append(info: RoomInfo) -> None:

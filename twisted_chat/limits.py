@@ -8,6 +8,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable, Hashable
+from typing import Protocol
 
 from .errors import ProtocolError
 
@@ -95,6 +96,10 @@ class ConnectionLimits:
 
     def _release(self, user_id: int) -> None:
         self._users.add(user_id, -1)
+
+
+class ConnectionLease(Protocol):
+    def release(self) -> None: ...
 
 
 class Lease:

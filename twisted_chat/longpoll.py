@@ -196,12 +196,15 @@ class LongPollResource(Resource):
         if poll.done:
             return
         identity.author = author
-        try:
-            poll.client = self._hub.connect(poll, identity)
-        except ProtocolError as error:
-            poll.answer(b"", error)
+        d = self._hub.connect(poll, identity).addCallback(self._connected, poll)
+        d.addErrback(lambda failure: poll.answer(b"", as_protocol_error(failure)))
+
+    def _connected(self, client: Client, poll: _Poll) -> None:
+        if poll.done:  # the client left while it was being admitted
+            client.close()
             return
-        poll.client.subscribe(poll.room_id, poll.since)
+        poll.client = client
+        client.subscribe(poll.room_id, poll.since)
 
     def _parse_timeout(self, value: str | None) -> float:
         if value is None:

@@ -28,21 +28,24 @@ from . import django_signals
 from .access import AccessLog
 from .django_resource import DjangoResource
 from .health import HealthResource
-from .hub import RoomHub
+from .hub import RoomHub, SendLimiter, UserConnectionLimits
 from .limits import ConnectionGate, ConnectionLimits, SendRateLimiter, raise_descriptor_limit
 from .longpoll import LongPollResource
 from .metrics import ChatMetrics, MetricsResource
 from .notices import Notices
+from .redis_limits import SharedConnectionLimits, SharedSendRateLimiter
 from .sessions import SessionCache
 from .site import build_ops_site, build_site
 from .static import static_resource
 from .storage import Storage
 from .storage.directory import LocalRoomDirectory
+from .storage.interfaces import Presence
 from .storage.memory_broker import LocalBroker
 from .storage.memory_presence import LocalPresence
 from .storage.message_log import SqlMessageLog
 from .storage.redis_connection import RedisConnection
 from .storage.redis_feed import RedisMessageFeed
+from .storage.redis_presence import RedisPresence
 from .threads import ThreadPoolService
 from .websocket import ChatWebSocketFactory, ChatWebSocketResource
 from .workers import AdoptedPortService
@@ -87,6 +90,24 @@ class ChatServer(MultiService):
         if settings.CHAT_REDIS_URL:
             self.redis = RedisConnection(reactor, settings.CHAT_REDIS_URL, settings.CHAT_REDIS_TIMEOUT)
             feed = RedisMessageFeed(self.redis, self.process_id, settings.CHAT_HISTORY_WINDOW)
+        # Per user, over every process when there are several.
+        send_limiter: SendLimiter = SendRateLimiter(settings.CHAT_SEND_RATE, settings.CHAT_SEND_BURST)
+        connection_limits: UserConnectionLimits = ConnectionLimits(settings.CHAT_MAX_CONNECTIONS_PER_USER)
+        presence: Presence = LocalPresence()
+        self.shared_connections: SharedConnectionLimits | None = None
+        if self.redis is not None:
+            commands, prefix = self.redis.commands, self.redis.prefix
+            send_limiter = SharedSendRateLimiter(
+                commands, settings.CHAT_SEND_RATE, settings.CHAT_SEND_BURST, reactor, prefix=prefix
+            )
+            connection_limits = self.shared_connections = SharedConnectionLimits(
+                commands,
+                settings.CHAT_MAX_CONNECTIONS_PER_USER,
+                reactor,
+                prefix=prefix,
+                process_id=self.process_id,
+            )
+            presence = RedisPresence(commands, reactor, prefix=prefix)
         broker = LocalBroker()
         self.message_log = SqlMessageLog(
             reactor,
@@ -105,15 +126,15 @@ class ChatServer(MultiService):
             ),
             self.message_log,
             broker,
-            LocalPresence(),
+            presence,
         )
         self.hub = RoomHub(
             self.storage.directory,
             self.storage.log,
             self.storage.broker,
             SessionCache(self.db_threads.run, ttl=settings.CHAT_SESSION_RECHECK_SECONDS),
-            SendRateLimiter(settings.CHAT_SEND_RATE, settings.CHAT_SEND_BURST),
-            ConnectionLimits(settings.CHAT_MAX_CONNECTIONS_PER_USER),
+            send_limiter,
+            connection_limits,
             SendRateLimiter(settings.CHAT_COMMAND_RATE, settings.CHAT_COMMAND_BURST),
             max_rooms_per_client=settings.CHAT_MAX_ROOMS_PER_CONNECTION,
             recent_count=settings.CHAT_RECENT_COUNT,
@@ -209,6 +230,8 @@ class ChatServer(MultiService):
         get_resolver().url_patterns  # noqa: B018 - imports every view module now
         gc.freeze()
         super().startService()
+        if self.shared_connections is not None:
+            self.shared_connections.start()
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
@@ -218,6 +241,8 @@ class ChatServer(MultiService):
         self.longpoll.release_all()
         yield self.message_log.close()
         if self.redis is not None:
+            if self.shared_connections is not None:
+                yield self.shared_connections.stop()
             yield self.redis.close()
         # Clients answer the close at once; autobahn drops any that do not within 1 s.
         yield closed.addTimeout(3, self.reactor).addErrback(lambda _: None)

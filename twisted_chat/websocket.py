@@ -76,16 +76,19 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
         self._initial = _initial_subscription(request.params)
         return self.factory.hub.authenticate(session_key).addCallbacks(self._admit, self._refuse)
 
-    def _admit(self, author: Author | None) -> None:
+    def _admit(self, author: Author | None) -> Deferred[None]:
         assert self._identity is not None
         if self._gone:
             # The client left while its session was looked up: take no slot for it.
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "connection closed")
         self._identity.author = author
-        try:
-            self.client = self.factory.hub.connect(self, self._identity)
-        except ProtocolError as error:
-            raise self._deny(error) from None
+        return self.factory.hub.connect(self, self._identity).addCallbacks(self._connected, self._refuse)
+
+    def _connected(self, client: Client) -> None:
+        if self._gone:
+            client.close()
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "connection closed")
+        self.client = client
 
     def _refuse(self, failure: Failure) -> None:
         raise self._deny(as_protocol_error(failure))
