@@ -11,10 +11,11 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 from twisted.internet import task
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from chat.models import ChatRoom, Message
-from twisted_chat.events import Author
+from twisted_chat.events import Author, ChatMessage
+from twisted_chat.storage import archive
 from twisted_chat.storage.interfaces import StoreUnavailable
 from twisted_chat.storage.message_log import SqlMessageLog
 
@@ -190,3 +191,94 @@ def test_close_waits_for_pending_writes_and_refuses_new_ones(room, alice):
     assert result_of(ack) == 1
     clock.advance(0)
     assert closed.called
+
+
+class FakeFeed:
+    """A MessageFeed the test plays: it decides what other processes' messages arrive when."""
+
+    available = True
+
+    def start(self, received, reconnected):
+        self.received, self.reconnected = received, reconnected
+        self.published: list[list[int]] = []
+
+    def follow(self, room_id):
+        return succeed(None)
+
+    def unfollow(self, room_id):
+        pass
+
+    def publish(self, room_id, messages):
+        self.published.append([m.id for m in messages])
+        return succeed(None)
+
+    def recent(self, room_id, limit):
+        return succeed(None)
+
+    def forget(self, room_id, message_id):
+        pass
+
+
+def committed_elsewhere(room, alice, *texts) -> list[ChatMessage]:
+    """Messages another process committed (in the database) and may or may not publish."""
+    outcomes = archive.write_batch([ChatMessage(room.pk, 0, 0, "alice", t, alice.id) for t in texts])
+    return [
+        ChatMessage(room.pk, o.message_id, 0, "alice", t, alice.id)
+        for o, t in zip(outcomes, texts, strict=True)
+    ]
+
+
+def test_messages_from_other_processes_are_handed_on_in_id_order_whatever_order_they_arrive_in(room, alice):
+    clock, listener, feed = task.Clock(), Recorder(), FakeFeed()
+    store = make_store(clock, on_committed=listener, feed=feed, gap_wait=0.1)
+    assert result_of(store.last_id(room.pk)) == 0
+    one, two, three = committed_elsewhere(room, alice, "one", "two", "three")
+    feed.received(room.pk, [three])
+    feed.received(room.pk, [two])
+    assert listener.committed == [], "held until the first arrives"
+    feed.received(room.pk, [one])
+    assert listener.committed == [(room.pk, [1, 2, 3])]
+    feed.received(room.pk, [two])
+    assert listener.committed == [(room.pk, [1, 2, 3])], "a repeat is dropped"
+
+
+def test_a_hole_the_feed_never_fills_is_read_from_the_database_and_deletions_are_skipped(room, alice):
+    clock, listener, feed = task.Clock(), Recorder(), FakeFeed()
+    store = make_store(clock, on_committed=listener, feed=feed, gap_wait=0.1)
+    result_of(store.last_id(room.pk))
+    *_, four = committed_elsewhere(room, alice, "one", "two", "three", "four")
+    Message.objects.filter(room=room, seq=2).delete()  # deleted before anyone saw it
+    feed.received(room.pk, [four])
+    clock.advance(0.05)
+    assert listener.committed == []
+    clock.advance(0.05)
+    assert listener.committed == [(room.pk, [1, 3, 4])]
+    assert store.filled == 2
+    # A local write after the hole waits for its predecessors, then is acknowledged.
+    ack = store.append(room.pk, alice, "five")
+    clock.advance(0)
+    assert result_of(ack) == 5 and feed.published == [[5]]
+
+
+def test_a_duplicate_from_another_process_is_acknowledged_once_its_id_is_handed_on(room, alice):
+    clock, listener, feed = task.Clock(), Recorder(), FakeFeed()
+    store = make_store(clock, on_committed=listener, feed=feed, gap_wait=0.1)
+    result_of(store.last_id(room.pk))
+    outcomes = archive.write_batch([ChatMessage(room.pk, 0, 0, "alice", "hi", alice.id, "n-1")])
+    acked: list[int] = []
+    store.append(room.pk, alice, "hi", "n-1").addCallback(acked.append)
+    clock.advance(0)
+    assert acked == [], "not before the client could have seen the original"
+    clock.advance(0.1)
+    assert acked == [outcomes[0].message_id] == [1]
+    assert listener.committed == [(room.pk, [1])]
+
+
+def test_a_message_deleted_before_it_arrives_is_never_handed_on(room, alice):
+    clock, listener, feed = task.Clock(), Recorder(), FakeFeed()
+    store = make_store(clock, on_committed=listener, feed=feed)
+    result_of(store.last_id(room.pk))
+    one, two = committed_elsewhere(room, alice, "one", "two")
+    store.forget(room.pk, 1)
+    feed.received(room.pk, [one, two])
+    assert listener.committed == [(room.pk, [2])]
