@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -270,6 +271,10 @@ def test_a_postgresql_restart_mid_traffic_loses_nothing_acknowledged(server_fact
     final = history(a, login(a, "carol"), LOBBY)
     acked = {*on_a.acks.values(), *on_b.acks.values()}
     assert acked_before_restart < len(nonces), "the restart came after the traffic"
+    with psycopg.connect(database.replace("postgres://", "postgresql://", 1)) as check:
+        (held,) = check.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'chat'").fetchone()
+    # 2 servers x (2 page + 1 password + 4 query + 1 writer threads), and this check's own.
+    assert held <= 2 * 8 + 1, f"{held} connections: a leak"
     assert len(acked) == len(nonces) and acked == set(final) and len(final) == len(set(final))
     wait_for(lambda: on_a.ids == on_b.ids == final, 30, what="both readers to hold the whole history")
     assert on_a.closed is None and on_b.closed is None
@@ -323,3 +328,41 @@ def test_a_logout_on_one_process_ends_that_browsers_connections_on_every_process
     assert response.status_code in (200, 302)
     wait_for(lambda: on_b.closed is not None, 10, what="the other process to end the connection")
     assert on_b.closed == 4001
+
+
+def test_a_worker_that_dies_is_started_again_and_the_port_keeps_serving(cluster):
+    server = cluster(workers=2)
+    assert server.process is not None
+    workers = _children(server.process.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    wait_for(
+        lambda: len(_children(server.process.pid)) == 2 and workers[0] not in _children(server.process.pid),
+        30,
+        what="a new worker",
+    )
+    replacement = set(_children(server.process.pid)) - set(workers)
+    assert len(replacement) == 1
+    # Both workers answer on their operators' ports, and the shared port serves everyone.
+    for ops_port in (server.ops_port, server.ops_port + 1):
+        wait_for(lambda p=ops_port: _healthy(p), 30, what=f"worker on {ops_port}")
+    alice = login(server, "alice")
+    readers = [Reader(server, alice, LOBBY) for _ in range(6)]
+    readers[0].send("after the restart", "n-r")
+    wait_for(lambda: all(r.ids for r in readers), 20, what="every reader to get the message")
+    assert "worker 0 ended" in server.log_tail(200) or "worker 1 ended" in server.log_tail(200)
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    return children
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
