@@ -4,16 +4,19 @@ Failed logins are counted by django-axes; the helpers here are what it is config
 Signups are counted here, in Django's cache, per client address and clock hour.
 """
 
+import logging
 import time
 from typing import Any
 
 from axes.helpers import get_client_ip_address
 from axes.utils import reset
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import BaseCache, cache, caches
 from django.http import HttpRequest
 
 HOUR = 3600
+
+log = logging.getLogger(__name__)
 
 
 def client_address(request: HttpRequest) -> str:
@@ -48,11 +51,21 @@ def _signup_window(request: HttpRequest) -> tuple[str, int]:
     return f"chat:signups:{hour}:{client_address(request)}", HOUR - elapsed
 
 
+def _counts() -> BaseCache:
+    """The shared cache, or this process's own while the shared one does not answer."""
+    try:
+        cache.get("chat:ping")
+    except Exception as error:  # the cache backend's own errors (redis-py's, Memcached's)
+        log.warning("the shared cache does not answer (%s): counting signups in this process", error)
+        return caches["local"]
+    return cache
+
+
 def signup_wait(request: HttpRequest) -> int:
     """Seconds until this address may sign up again; 0 if it may now."""
     key, left = _signup_window(request)
     limit = settings.CHAT_SIGNUPS_PER_HOUR
-    return left if limit and cache.get(key, 0) >= limit else 0
+    return left if limit and _counts().get(key, 0) >= limit else 0
 
 
 def take_signup(request: HttpRequest) -> int:
@@ -65,9 +78,10 @@ def take_signup(request: HttpRequest) -> int:
     if not limit:
         return 0
     key, left = _signup_window(request)
-    cache.add(key, 0, timeout=left)
+    counts = _counts()
+    counts.add(key, 0, timeout=left)
     try:
-        count = cache.incr(key)
+        count = counts.incr(key)
     except ValueError:  # the entry expired or was evicted between add() and incr()
         return take_signup(request)
     return 0 if count <= limit else left

@@ -366,3 +366,34 @@ def _healthy(port: int) -> bool:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_signups_per_address_are_counted_across_processes_and_survive_a_redis_outage(cluster, redis):
+    a, b = cluster(CHAT_SIGNUPS_PER_HOUR="2"), cluster(CHAT_SIGNUPS_PER_HOUR="2")
+
+    def sign_up(server: ChatServerProcess, username: str) -> int:
+        browser = requests.Session()
+        browser.get(server.url + "/accounts/signup/", timeout=10).raise_for_status()
+        password = "a-long-pass-phrase-1"
+        response = browser.post(
+            server.url + "/accounts/signup/",
+            data={
+                "username": username,
+                "password1": password,
+                "password2": password,
+                "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+            },
+            headers={"Referer": server.url + "/accounts/signup/"},
+            allow_redirects=False,
+            timeout=10,
+        )
+        return response.status_code
+
+    assert sign_up(a, "first") == 302
+    assert sign_up(b, "second") == 302
+    assert sign_up(a, "third") == 429
+    redis.stop()
+    # Without Redis each process counts on its own: signups still work, still limited.
+    assert sign_up(b, "fourth") == 302
+    assert sign_up(b, "fifth") == 302
+    assert sign_up(b, "sixth") == 429
