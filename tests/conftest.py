@@ -137,3 +137,22 @@ def redis_server() -> Iterator:
 
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+def connections(redis_server) -> Iterator:
+    """Open connections to the test's redis-server, one per "process"; closed at the end."""
+    from .reactor_wait import wait_for
+    from .redis_server import connect, wait_connected
+
+    opened: list = []
+
+    def open_one():
+        connection = connect(redis_server)
+        opened.append(connection)
+        wait_connected(connection)
+        return connection
+
+    yield open_one
+    for connection in opened:
+        wait_for(connection.disconnect())

@@ -200,6 +200,17 @@ def login(
     return session
 
 
+def logout(session: requests.Session, server: ChatServerProcess) -> None:
+    """Log out through Django's own form, as a browser would."""
+    response = session.post(
+        server.url + "/accounts/logout/",
+        data={"csrfmiddlewaretoken": session.cookies["csrftoken"]},
+        headers={"Referer": server.url + "/chats/"},
+        timeout=10,
+    )
+    assert response.status_code in (200, 302)
+
+
 def cookie_header(session: requests.Session | None) -> str:
     if session is None:
         return ""

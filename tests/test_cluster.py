@@ -23,25 +23,19 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import postgres_server
 from .conftest import fill_template
-from .redis_server import RedisServer
-from .server import ChatServerProcess, base_env, login, post_message, recv_until, wait_for, ws_connect
+from .server import ChatServerProcess, base_env, login, logout, post_message, recv_until, wait_for, ws_connect
 
 LOBBY = 1
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(server_factory, shared_database, redis):
+def cluster(server_factory, shared_database, redis_server):
     """Start servers that share the database and Redis: ``cluster(workers=1, **env)``."""
 
     def start(workers: int = 1, **env: str) -> ChatServerProcess:
         return server_factory(
-            {"CHAT_REDIS_URL": redis.url, "CHAT_WORKERS": str(workers), **env}, database=shared_database
+            {"CHAT_REDIS_URL": redis_server.url, "CHAT_WORKERS": str(workers), **env},
+            database=shared_database,
         )
 
     return start
@@ -163,7 +157,7 @@ def test_every_client_of_every_process_sees_one_order(cluster):
         client.close()
 
 
-def test_a_redis_outage_delays_other_processes_but_loses_nothing(cluster, redis):
+def test_a_redis_outage_delays_other_processes_but_loses_nothing(cluster, redis_server):
     a, b = cluster(), cluster()
     alice_a, alice_b = login(a, "alice"), login(b, "alice")
     on_a, on_b = Reader(a, alice_a, LOBBY), Reader(b, alice_b, LOBBY)
@@ -176,13 +170,13 @@ def test_a_redis_outage_delays_other_processes_but_loses_nothing(cluster, redis)
             (on_a if sent % 2 else on_b).send(f"m{sent}", f"n-{sent}")
 
     send_some(40)
-    redis.stop()
+    redis_server.stop()
     wait_for(lambda: a.stats().get("redis") == "down" and b.stats().get("redis") == "down", 15, what="down")
     send_some(40)
     # While Redis is down, each process still hears the other through the database.
     wait_for(lambda: len(on_a.acks) + len(on_b.acks) == 80, 30, what="80 acks during the outage")
     wait_for(lambda: len(on_a.ids) == len(on_b.ids) == 80, 30, what="80 messages on both sides")
-    redis.start()
+    redis_server.start()
     wait_for(lambda: a.stats().get("redis") == "up" and b.stats().get("redis") == "up", 30, what="up")
     send_some(40)
     wait_for(lambda: len(on_a.acks) + len(on_b.acks) == 120, 30, what="120 acks")
@@ -236,9 +230,11 @@ def private_postgres(database_template, tmp_path) -> Iterator[str]:
         server.close()
 
 
-def test_a_postgresql_restart_mid_traffic_loses_nothing_acknowledged(server_factory, private_postgres, redis):
+def test_a_postgresql_restart_mid_traffic_loses_nothing_acknowledged(
+    server_factory, private_postgres, redis_server
+):
     database = private_postgres.url("chat")
-    env = {"CHAT_REDIS_URL": redis.url, "CHAT_WORKERS": "1"}
+    env = {"CHAT_REDIS_URL": redis_server.url, "CHAT_WORKERS": "1"}
     a, b = server_factory(env, database=database), server_factory(env, database=database)
     on_a, on_b = Reader(a, login(a, "alice"), LOBBY), Reader(b, login(b, "bob"), LOBBY)
     nonces = [f"n-{i}" for i in range(90)]
@@ -319,13 +315,7 @@ def test_a_logout_on_one_process_ends_that_browsers_connections_on_every_process
     a, b = cluster(), cluster()
     alice = login(a, "alice")
     on_b = Reader(b, alice, LOBBY)
-    response = alice.post(
-        a.url + "/accounts/logout/",
-        data={"csrfmiddlewaretoken": alice.cookies["csrftoken"]},
-        headers={"Referer": a.url + "/chats/"},
-        timeout=10,
-    )
-    assert response.status_code in (200, 302)
+    logout(alice, a)
     wait_for(lambda: on_b.closed is not None, 10, what="the other process to end the connection")
     assert on_b.closed == 4001
 
@@ -368,7 +358,7 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def test_signups_per_address_are_counted_across_processes_and_survive_a_redis_outage(cluster, redis):
+def test_signups_per_address_are_counted_across_processes_and_survive_a_redis_outage(cluster, redis_server):
     a, b = cluster(CHAT_SIGNUPS_PER_HOUR="2"), cluster(CHAT_SIGNUPS_PER_HOUR="2")
 
     def sign_up(server: ChatServerProcess, username: str) -> int:
@@ -392,7 +382,7 @@ def test_signups_per_address_are_counted_across_processes_and_survive_a_redis_ou
     assert sign_up(a, "first") == 302
     assert sign_up(b, "second") == 302
     assert sign_up(a, "third") == 429
-    redis.stop()
+    redis_server.stop()
     # Without Redis each process counts on its own: signups still work, still limited.
     assert sign_up(b, "fourth") == 302
     assert sign_up(b, "fifth") == 302

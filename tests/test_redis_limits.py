@@ -24,22 +24,6 @@ Connect = Callable[[], Any]
 
 
 @pytest.fixture
-def connections(redis_server: RedisServer) -> Iterator[Connect]:
-    """Open connections to the test's server ("processes"); all are closed at the end."""
-    opened: list[Any] = []
-
-    def open_one() -> Any:
-        connection = connect(redis_server)
-        opened.append(connection)
-        wait_connected(connection)
-        return connection
-
-    yield open_one
-    for connection in opened:
-        wait_for(connection.disconnect())
-
-
-@pytest.fixture
 def limits(connections: Connect) -> Iterator[Callable[..., SharedConnectionLimits]]:
     """SharedConnectionLimits on their own connections, started; stopped at the end."""
     made: list[SharedConnectionLimits] = []

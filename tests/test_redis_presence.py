@@ -7,7 +7,6 @@ reactor is turned by ``wait_for``/``wait_until``. No test needs the database.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,24 +15,9 @@ from twisted_chat.storage.interfaces import StoreUnavailable
 from twisted_chat.storage.redis_presence import RedisPresence
 
 from .reactor_wait import wait_for, wait_until
-from .redis_server import RedisServer, connect, wait_connected
+from .redis_server import RedisServer, wait_connected
 
 ROOM = 12
-
-
-@pytest.fixture
-def connections(redis_server: RedisServer) -> Iterator[Callable[[], Any]]:
-    opened: list[Any] = []
-
-    def open_one() -> Any:
-        connection = connect(redis_server)
-        opened.append(connection)
-        wait_connected(connection)
-        return connection
-
-    yield open_one
-    for connection in opened:
-        wait_for(connection.disconnect())
 
 
 def entries(presence: RedisPresence, room_id: int = ROOM) -> dict[str, Any]:

@@ -14,22 +14,12 @@ import pytest
 import requests
 from websockets.exceptions import ConnectionClosed
 
-from .server import ChatServerProcess, login, poll, post_message, recv_until, wait_for, ws_connect
+from .server import ChatServerProcess, login, logout, poll, post_message, recv_until, wait_for, ws_connect
 
 LOBBY, SECOND, PRIVATE = 1, 2, 3
 USER_IDS = {"alice": 1, "bob": 2, "carol": 3, "admin": 4}
 # Deadlines for something the server does by itself: generous for a loaded CI machine.
 PROMPTLY = 5.0
-
-
-def logout(session: requests.Session, server: ChatServerProcess) -> None:
-    response = session.post(
-        server.url + "/accounts/logout/",
-        data={"csrfmiddlewaretoken": session.cookies["csrftoken"]},
-        headers={"Referer": server.url + "/chats/"},
-        timeout=10,
-    )
-    assert response.status_code in (200, 302)
 
 
 def admin_change(admin: requests.Session, server: ChatServerProcess, path: str, changes: dict) -> None:

@@ -33,7 +33,6 @@ from twisted_chat.storage.redis_feed import RedisMessageFeed
 from twisted_chat.storage.redis_presence import RedisPresence
 
 from .reactor_wait import turn, wait_for, wait_until
-from .redis_server import RedisServer
 
 pytestmark = pytest.mark.django_db
 
@@ -114,13 +113,12 @@ BACKENDS = {"local": local_backend, "redis": redis_backend}
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    with RedisServer() as server:
-        yield server.url
-        for connection, log in _open_connections:
-            log.close()
-            wait_for(connection.close(), 10)
-        _open_connections.clear()
+def redis_url(redis_server) -> Iterator[str]:
+    yield redis_server.url
+    for connection, log in _open_connections:
+        log.close()
+        wait_for(connection.close(), 10)
+    _open_connections.clear()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
