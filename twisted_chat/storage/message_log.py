@@ -210,11 +210,15 @@ class SqlMessageLog:
         self.filled = 0
         self._check: LoopingCall | None = None
         self._check_interval = check_interval
+        self._last_check = 0.0
         if feed is not None:
             feed.start(self._received, self._feed_reconnected)
-            self._check = LoopingCall(self._check_rooms)
+            # Ticks every second; checks every ``check_interval`` while the feed is up, and
+            # at every tick while it is down, when the database is how messages get between
+            # processes.
+            self._check = LoopingCall(self._tick)
             self._check.clock = reactor
-            self._check.start(check_interval, now=False)
+            self._check.start(min(1.0, check_interval), now=False)
 
     # --- rooms --------------------------------------------------------------------------
 
@@ -440,15 +444,17 @@ class SqlMessageLog:
     def _feed_reconnected(self) -> None:
         self._check_rooms()
 
+    def _tick(self) -> None:
+        now = self._reactor.seconds()
+        feed_up = self._feed is not None and self._feed.available
+        if not feed_up or now - self._last_check >= self._check_interval:
+            self._check_rooms()
+
     def _check_rooms(self) -> Deferred[None] | None:
         """Compare each loaded room with the database's newest id, and fill what is behind."""
+        self._last_check = self._reactor.seconds()
         if not self._rooms:
             return None
-        if self._check is not None and self._feed is not None:
-            # While the feed is down, the database is how messages get between processes.
-            interval = self._check_interval if self._feed.available else min(1.0, self._check_interval)
-            if self._check.interval != interval:
-                self._check.interval = interval
         room_ids = list(self._rooms)
         d = self._run_query(archive.high_waters, room_ids)
         d.addCallbacks(self._checked, lambda f: log.warning("checking rooms failed: %s", f.getErrorMessage()))
