@@ -77,6 +77,7 @@ def main() -> None:
     from twisted_chat.hub import RoomHub
     from twisted_chat.limits import ConnectionLimits, SendRateLimiter
     from twisted_chat.longpoll import LongPollResource
+    from twisted_chat.origins import OriginPolicy
     from twisted_chat.sessions import SessionCache
     from twisted_chat.storage.directory import LocalRoomDirectory
     from twisted_chat.storage.memory_broker import LocalBroker
@@ -96,7 +97,7 @@ def main() -> None:
         ConnectionLimits(0),
         SendRateLimiter(0, 0),
     )
-    resource = LongPollResource(reactor, hub, maybeDeferred)
+    resource = LongPollResource(reactor, hub, maybeDeferred, OriginPolicy())
 
     def post() -> None:
         log.append(room.pk, author, "wake up")

@@ -269,11 +269,18 @@ CHAT_MAX_REQUEST_BODY_BYTES = int(os.environ.get("CHAT_MAX_REQUEST_BODY_BYTES", 
 CHAT_SESSION_RECHECK_SECONDS = float(os.environ.get("CHAT_SESSION_RECHECK_SECONDS", "5"))
 # JSONP on GET /poll (public rooms only). Off: it lets any site read public rooms.
 CHAT_JSONP = env_bool("CHAT_JSONP", False)
-# A WebSocket further behind than this (bytes queued after its send buffer filled) is
-# dropped with close code 4008; it reconnects and resumes with `since`.
+# A WebSocket or stream further behind than this (bytes queued after its send buffer
+# filled) is dropped (WebSocket close code 4008); it reconnects and resumes with `since`.
 CHAT_MAX_WS_BACKLOG_BYTES = int(os.environ.get("CHAT_MAX_WS_BACKLOG_BYTES", str(1024 * 1024)))
 # Long-poll responses are cut to about this many characters (always at least one message).
 CHAT_MAX_POLL_RESPONSE_CHARS = int(os.environ.get("CHAT_MAX_POLL_RESPONSE_CHARS", str(1024 * 1024)))
+# Server-Sent Events (/stream): a stream ends after this many bytes and the browser comes
+# back from its last id, so that a buffering proxy cannot hold one response forever; a
+# comment every CHAT_STREAM_HEARTBEAT seconds keeps idle proxies from closing it; the
+# browser waits CHAT_STREAM_RETRY_MS before reconnecting after a drop.
+CHAT_STREAM_MAX_BYTES = int(os.environ.get("CHAT_STREAM_MAX_BYTES", str(256 * 1024)))
+CHAT_STREAM_HEARTBEAT = float(os.environ.get("CHAT_STREAM_HEARTBEAT", "15"))
+CHAT_STREAM_RETRY_MS = int(os.environ.get("CHAT_STREAM_RETRY_MS", "2000"))
 # Heartbeats: ping every interval; drop a peer that does not answer within the timeout.
 CHAT_WS_PING_INTERVAL = float(os.environ.get("CHAT_WS_PING_INTERVAL", "20"))
 CHAT_WS_PING_TIMEOUT = float(os.environ.get("CHAT_WS_PING_TIMEOUT", "20"))

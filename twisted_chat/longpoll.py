@@ -27,6 +27,7 @@ from .errors import ProtocolError, as_protocol_error
 from .events import Author, ChatMessage, RoomEvent
 from .http_json import error_body, json_body
 from .hub import Client, Identity, RoomHub
+from .origins import OriginPolicy
 from .sessions import CsrfRejected, authenticate_form_post, keys_from_cookies
 from .site import can_answer
 
@@ -128,6 +129,7 @@ class LongPollResource(Resource):
         reactor: Any,
         hub: RoomHub,
         run_query: Any,
+        origins: OriginPolicy,
         *,
         jsonp: bool = False,
         max_text_length: int = 4000,
@@ -139,6 +141,7 @@ class LongPollResource(Resource):
         self.reactor = reactor
         self._hub = hub
         self._run_query = run_query
+        self._origins = origins
         self._jsonp = jsonp
         self._max_text_length = max_text_length
         # Room for the longest text however it is encoded, and the other fields.
@@ -168,6 +171,10 @@ class LongPollResource(Resource):
 
     def render_GET(self, request: Request) -> bytes | int:
         try:
+            origin = request.getHeader(b"origin")
+            host = _header(request, b"host")
+            if origin is not None and not self._origins.allows(origin.decode("latin-1"), host):
+                raise ProtocolError("csrf_failed", "cross-origin poll refused")
             room_id = wire.parse_room(_arg(request, b"room"))
             since_arg = _arg(request, b"since")
             since = wire.parse_since(since_arg if since_arg is not None else _arg(request, b"lastupdate"))

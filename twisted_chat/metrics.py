@@ -55,7 +55,9 @@ class _ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         server = self._server
         ws, poll, hub, message_log = server.websockets, server.longpoll, server.hub, server.message_log
+        streams = server.streams
         yield _gauge("chat_websocket_connections", "Open WebSocket connections.", len(ws.connections))
+        yield _gauge("chat_stream_connections", "Open event streams (GET /stream).", len(streams.streams))
         yield _gauge(
             "chat_subscriptions", "Room subscriptions, over every transport.", hub.subscription_count
         )
@@ -67,11 +69,20 @@ class _ServerCollector(Collector):
         )
         deliveries.add_metric(["websocket"], ws.delivered)
         deliveries.add_metric(["longpoll"], poll.delivered)
+        deliveries.add_metric(["stream"], streams.delivered)
         yield deliveries
-        yield _counter(
+        slow = CounterMetricFamily(
             "chat_slow_consumer_disconnects",
-            "WebSockets dropped for falling too far behind.",
-            hub.slow_consumers_dropped,
+            "Connections dropped for falling too far behind.",
+            labels=["transport"],
+        )
+        slow.add_metric(["websocket"], ws.slow_dropped)
+        slow.add_metric(["stream"], streams.slow_dropped)
+        yield slow
+        yield _counter(
+            "chat_stream_recycled",
+            "Streams ended after CHAT_STREAM_MAX_BYTES, for the client to resume on a new one.",
+            streams.recycled,
         )
         yield _gauge(
             "chat_db_pending_writes", "Messages waiting for the next batch.", message_log.writer.pending

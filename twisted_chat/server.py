@@ -1,7 +1,8 @@
 """The chat server as a Twisted service: thread pools, storage, the room core, the site, the port.
 
 Started by chatserver.tac. Stopping it (SIGTERM, or the reactor shutting down) is graceful:
-stop accepting, tell WebSocket clients to come back (1001), answer parked polls, write
+stop accepting, tell WebSocket clients to come back (1001), answer parked polls, end
+streams, write
 every accepted message, wait for the WebSockets to close, then stop the threads.
 """
 
@@ -33,6 +34,7 @@ from .limits import ConnectionGate, ConnectionLimits, SendRateLimiter, raise_des
 from .longpoll import LongPollResource
 from .metrics import ChatMetrics, MetricsResource
 from .notices import Notices
+from .origins import OriginPolicy
 from .redis_limits import SharedConnectionLimits, SharedSendRateLimiter
 from .sessions import SessionCache
 from .site import build_ops_site, build_site
@@ -46,6 +48,7 @@ from .storage.message_log import SqlMessageLog
 from .storage.redis_connection import RedisConnection
 from .storage.redis_feed import RedisMessageFeed
 from .storage.redis_presence import RedisPresence
+from .stream import StreamResource
 from .threads import ThreadPoolService
 from .websocket import ChatWebSocketFactory, ChatWebSocketResource
 from .workers import AdoptedPortService
@@ -150,12 +153,13 @@ class ChatServer(MultiService):
             max(descriptors - settings.CHAT_FD_RESERVE, 1) if descriptors > 0 else 0,
         )
         log.info("open files limit %d: at most %d connections", descriptors, self.gate.total)
+        origins = OriginPolicy(settings.CHAT_ALLOWED_ORIGINS)
         self.websockets = ChatWebSocketFactory(
             self.hub,
             AccessLog(),
             self.gate,
             max_message_size=settings.CHAT_MAX_WS_MESSAGE_BYTES,
-            allowed_origins=settings.CHAT_ALLOWED_ORIGINS,
+            origins=origins,
             max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
             ping_interval=settings.CHAT_WS_PING_INTERVAL,
             ping_timeout=settings.CHAT_WS_PING_TIMEOUT,
@@ -164,16 +168,26 @@ class ChatServer(MultiService):
             reactor,
             self.hub,
             self.db_threads.run,
+            origins,
             jsonp=settings.CHAT_JSONP,
             max_text_length=settings.CHAT_MAX_TEXT_LENGTH,
             default_timeout=settings.CHAT_POLL_TIMEOUT,
             max_timeout=settings.CHAT_POLL_MAX_TIMEOUT,
             max_response_chars=settings.CHAT_MAX_POLL_RESPONSE_CHARS,
         )
+        self.streams = StreamResource(
+            reactor,
+            self.hub,
+            origins,
+            max_bytes=settings.CHAT_STREAM_MAX_BYTES,
+            heartbeat=settings.CHAT_STREAM_HEARTBEAT,
+            retry_ms=settings.CHAT_STREAM_RETRY_MS,
+        )
         self.site = build_site(
             DjangoResource(reactor, WSGIHandler(), self.wsgi_threads, self.password_threads),
             ChatWebSocketResource(self.websockets),
             self.longpoll,
+            self.streams,
             static_resource(),
             HealthResource(reactor, self.db_threads.run),
             self.gate,
@@ -220,6 +234,7 @@ class ChatServer(MultiService):
             "websockets": len(self.websockets.connections),
             "subscriptions": self.hub.subscription_count,
             "parked_polls": self.longpoll.parked_count,
+            "streams": len(self.streams.streams),
         }
 
     def startService(self) -> None:
@@ -239,6 +254,7 @@ class ChatServer(MultiService):
         yield self.listener.stopService()
         closed = self.websockets.going_away("server shutting down: reconnect and resume")
         self.longpoll.release_all()
+        self.streams.release_all()
         yield self.message_log.close()
         if self.redis is not None:
             if self.shared_connections is not None:

@@ -199,6 +199,7 @@ def build_site(
     django: Resource,
     websocket: Any,  # autobahn's WebSocketResource provides IResource without being a Resource
     longpoll: Resource,
+    stream: Resource,
     static: Resource,
     health: Resource,
     gate: ConnectionGate,
@@ -208,10 +209,12 @@ def build_site(
     request_timeout: float = 10,
     idle_timeout: float = 30,
 ) -> ChatSite:
-    """Every path not claimed here (``/ws``, ``/poll``, ``/static``, ``/healthz``) goes to Django."""
+    """Every path not claimed here (``/ws``, ``/poll``, ``/stream``, ``/static``, ``/healthz``)
+    goes to Django."""
     children: dict[bytes, Any] = {
         b"ws": websocket,
         b"poll": longpoll,
+        b"stream": stream,
         b"static": static,
         b"healthz": health,
     }

@@ -12,7 +12,6 @@ import logging
 import struct
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -30,6 +29,7 @@ from .events import Author, RoomEvent
 from .http_json import error_body, raw_error_response
 from .hub import Client, Identity, RoomHub
 from .limits import ConnectionGate
+from .origins import OriginPolicy
 from .sessions import keys_from_cookies
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
 
     def drop_slow(self) -> None:
         """The client can reconnect and resume with ``since``; nothing is lost."""
+        self.factory.slow_dropped += 1
         self.sendClose(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: reconnect and resume with since")
         self.dropConnection(abort=True)
 
@@ -293,7 +294,7 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         access_log: AccessLog,
         gate: ConnectionGate,
         *,
-        allowed_origins: Sequence[str] = (),
+        origins: OriginPolicy,
         max_text_length: int = 4000,
         max_message_size: int = 64 * 1024,
         ping_interval: float = 20,
@@ -305,8 +306,9 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         self.access_log = access_log
         self.gate = gate
         self.delivered = 0
+        self.slow_dropped = 0
         self._all_closed: list[Deferred[None]] = []
-        self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
+        self.origins = origins
         self.max_text_length = max_text_length
         self.connections: set[ChatWebSocketProtocol] = set()
         # The frames of the batch being fanned out, so that each subscriber after the first
@@ -344,14 +346,8 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             if "cookie" in request.headers:
                 raise ConnectionDeny(403, "Origin header required with a session cookie")
             return
-        origin = origin.rstrip("/").lower()
-        if origin in self.allowed_origins:
-            return
-        parts = urlsplit(origin)
-        host = request.headers.get("host", "").lower()
-        if parts.scheme in ("http", "https") and parts.netloc == host:
-            return
-        raise ConnectionDeny(403, "cross-origin WebSocket refused")
+        if not self.origins.allows(origin, request.headers.get("host", "")):
+            raise ConnectionDeny(403, "cross-origin WebSocket refused")
 
     # --- connections --------------------------------------------------------------------
 
