@@ -8,8 +8,8 @@ browser's ``EventSource`` resumes after any reconnect by sending ``Last-Event-ID
 The bytes of a batch of events are built once per process, chunked framing included,
 and written as they are to every stream of the room.
 
-A stream ends by itself after ``max_bytes`` (a buffering proxy could otherwise hold it
-forever) and the client comes back from its last id; it is dropped when it falls
+A stream ends by itself after about ``max_bytes`` (a buffering proxy could otherwise hold
+it forever) and the client comes back from its last id; it is dropped when it falls
 ``max_backlog`` behind, as a WebSocket is. Comments every ``heartbeat`` seconds keep idle
 proxies from closing it.
 """
@@ -82,6 +82,9 @@ class _Stream:
         self.open = False  # the 200 and its headers are sent
         self.done = False
         self.sent = 0
+        # Streams that opened together get the same bytes: each ends at its own point
+        # between 3/4 of the bound and the bound, so that they do not all come back at once.
+        self.max_bytes = resource.max_bytes - random.randrange(resource.max_bytes // 4 + 1)
         request.notifyFinish().addBoth(self._finished)
 
     @property
@@ -139,7 +142,7 @@ class _Stream:
     def write_shared(self, data: bytes, chunked: bytes) -> None:
         self.sent += len(data)
         write_now(self._tcp, chunked if self.request.chunked else data)
-        if self.sent >= self.resource.max_bytes:
+        if self.sent >= self.max_bytes:
             self.resource.recycled += 1
             self.end(b"retry: %d\n\n" % self.resource.recycle_retry_ms)
 
