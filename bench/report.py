@@ -60,6 +60,7 @@ def _markdown(run: dict[str, Any], command: str) -> str:
             continue
         lines.append(f"| {NAMES.get(kind, kind)} | {idle['connections']} | {idle['kb_per_connection']} |")
     lines += _redis_sections(run)
+    lines += _stream_sections(run)
     ours = servers.get("ours")
     if ours and "parked_polls" in ours:
         parked, mixed, senders, pages = (
@@ -151,6 +152,120 @@ def _redis_sections(run: dict[str, Any]) -> list[str]:
             f"p99 {lat['p99']:.0f} ms, max {lat['max']:.0f} ms; "
             f"{c['server_cpu_us_per_delivery']} µs server CPU per delivery.",
         ]
+    return lines
+
+
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "NO"
+
+
+def _same_order(entry: dict[str, Any]) -> str:
+    order = entry.get("order")
+    return "-" if order is None else _yes(order["identical"] and order["increasing"])
+
+
+def _stream_sections(run: dict[str, Any]) -> list[str]:
+    """The event stream (``/stream``) against the WebSocket and the long-poll, per server
+    of ours that ran the stream scenarios (the reference servers have no stream)."""
+    servers = run["servers"]
+    lines: list[str] = []
+    with_stream = [kind for kind, result in servers.items() if "stream" in result]
+    if with_stream:
+        lines += [
+            "",
+            "## Event stream (Server-Sent Events): one sender, N subscribers in one room",
+            "",
+            "The same burst to N event streams (`GET /stream`), and to N WebSockets: the "
+            "broadcast scenario's (subscribers in the parent process) and the same through the "
+            "stream's generator processes. CPU ratio: the stream's server CPU per delivery over "
+            "that WebSocket figure; target ≤ 1.5x the broadcast scenario's. Same order: every "
+            "subscriber the same ids, increasing. Msgs per batch: messages per fan-out; when the "
+            "server falls behind it batches more, and each delivery costs less, so compare CPU "
+            "figures at similar batch sizes.",
+            "",
+            "| server | transport | subscribers | msgs @ rate | delivered/expected | dup | out of order "
+            "| same order | p50 / p99 ms | msgs per batch | server CPU µs/delivery | generator CPU "
+            "| stream CPU ratio |",
+            "| --- " * 13 + "|",
+        ]
+        for kind in with_stream:
+            st = servers[kind]["stream"]
+            rows = [
+                ("stream", st["stream"], "-"),
+                (
+                    "WebSocket (broadcast scenario)",
+                    st.get("websocket_broadcast"),
+                    st.get("cpu_ratio_vs_broadcast", "-"),
+                ),
+                (
+                    "WebSocket (stream's generators)",
+                    st["websocket_same_generators"],
+                    st["cpu_ratio_vs_same_generators"],
+                ),
+            ]
+            for transport, e, ratio in rows:
+                if e is None:
+                    continue
+                lat = e["latency_ms"]
+                lines.append(
+                    f"| {NAMES.get(kind, kind)} | {transport} | {st['subscribers']} "
+                    f"| {st['messages']} @ {st['rate']:g}/s | {e['delivered']}/{e['expected']} "
+                    f"| {e.get('duplicates', '-')} | {e.get('out_of_order', '-')} | {_same_order(e)} "
+                    f"| {lat['p50']:.1f} / {lat['p99']:.1f} | {e.get('messages_per_batch') or '-'} "
+                    f"| {e['server_cpu_us_per_delivery']} "
+                    + (f"| {e['generator_cpu_share']:.0%} " if "generator_cpu_share" in e else "| - ")
+                    + f"| {ratio} |"
+                )
+        lines.append("")
+        for kind in with_stream:
+            st = servers[kind]["stream"]
+            basis = "broadcast scenario" if st["cpu_ratio_basis"] == "broadcast" else "stream's generators"
+            lines.append(
+                f"- {NAMES.get(kind, kind)}: stream CPU ratio {st['cpu_ratio']} (WebSocket of the {basis}), "
+                f"target ≤ 1.5: {'met' if st['met'] else 'NOT met'}; every delivery arrived once, in "
+                f"order: {_yes(st['complete'])}; stream reconnects {st['stream']['reconnects']} (server "
+                f"recycled {st['stream']['server_stream']['recycled']}, dropped slow "
+                f"{st['stream']['server_stream']['slow_dropped']}), error events {st['stream']['errors']}."
+            )
+    with_mixed = [kind for kind, result in servers.items() if "mixed_stream" in result]
+    if with_mixed:
+        lines += [
+            "",
+            "## Mixed rooms: WebSocket + event stream, WebSocket + long-poll",
+            "",
+            "Each room: N WebSockets and N clients of the other transport, one sender; both "
+            "transports' clients in the same generator processes. Target: stream p99 ≤ 2x the "
+            "WebSocket p99 of its room, nothing lost on either.",
+            "",
+            "| server | room | transport | clients | msgs @ rate | delivered/expected | dup | same order "
+            "| p50 ms | p99 ms | p99 ÷ WebSocket p99 | msgs per batch | server CPU µs/delivery (room) |",
+            "| --- " * 13 + "|",
+        ]
+        for kind in with_mixed:
+            mixed = servers[kind]["mixed_stream"]
+            for room_key, room_name, other in (
+                ("websocket_stream", "WebSocket + stream", "stream"),
+                ("websocket_longpoll", "WebSocket + long-poll", "longpoll"),
+            ):
+                room = mixed[room_key]
+                for transport in ("websocket", other):
+                    e = room["transports"][transport]
+                    lines.append(
+                        f"| {NAMES.get(kind, kind)} | {room_name} | {transport} | {e['clients']} "
+                        f"| {mixed['messages']} @ {mixed['rate']:g}/s | {e['delivered']}/{e['expected']} "
+                        f"| {e['duplicates']} | {_same_order(e)} | {e['latency_ms']['p50']:.1f} "
+                        f"| {e['latency_ms']['p99']:.1f} "
+                        f"| {room['p99_ratio'] if transport == other else '-'} "
+                        f"| {room.get('messages_per_batch') or '-'} | {room['server_cpu_us_per_delivery']} |"
+                    )
+        lines.append("")
+        for kind in with_mixed:
+            mixed = servers[kind]["mixed_stream"]
+            lines.append(
+                f"- {NAMES.get(kind, kind)}: stream p99 ÷ WebSocket p99 "
+                f"{mixed['websocket_stream']['p99_ratio']}, target ≤ 2; nothing lost on any transport: "
+                f"{_yes(mixed['complete'])}; target {'met' if mixed['met'] else 'NOT met'}."
+            )
     return lines
 
 

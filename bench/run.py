@@ -8,6 +8,9 @@ the scenarios against it, and writes ``bench/results/<time>.json``,
 Ours also runs on Redis (``ours-redis``: one process; ``ours-2workers``: a supervisor and
 two workers on one port), each with its own redis-server on a free loopback port.
 
+The stream scenarios (``stream``, ``mixed-stream``; ours only) put their subscribers in
+generator processes: Server-Sent Events against WebSocket (and long-poll) in the same room.
+
 The primary figure is the server's CPU time per delivery, from its own CPU counters over
 the burst: it does not depend on how fast the generator is. Latency figures are only
 meaningful while the generator's own CPU share (reported) is below about 75%.
@@ -23,6 +26,7 @@ import gc
 import json
 import multiprocessing
 import os
+import re
 import resource
 import shutil
 import socket
@@ -42,6 +46,7 @@ from .loadgen import (
     Target,
     long_poller,
     open_subscribers,
+    order_summary,
     orders,
     percentiles,
     send_at_rate,
@@ -140,6 +145,24 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+# Figures read from ours' /metrics around a burst (``Server.counters``).
+COUNTERS = {
+    "recycled": re.compile(r"^chat_stream_recycled(?:_total)? (\S+)$", re.M),
+    "slow_dropped": re.compile(
+        r'^chat_slow_consumer_disconnects(?:_total)?\{transport="stream"\} (\S+)$', re.M
+    ),
+    "batches": re.compile(r"^chat_db_batch_size_count (\S+)$", re.M),
+    "batched_messages": re.compile(r"^chat_db_batch_size_sum (\S+)$", re.M),
+}
+
+
+def per_batch(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Messages per database batch (one fan-out each) between two readings: the more, the
+    fewer writes per delivery, and the cheaper a delivery."""
+    batches = after["batches"] - before["batches"]
+    return round((after["batched_messages"] - before["batched_messages"]) / batches, 2) if batches else None
 
 
 class Server:
@@ -303,6 +326,19 @@ class Server:
                     merged.setdefault(key, value)
         return merged
 
+    def counters(self) -> dict[str, float]:
+        """Ours, from every worker's /metrics: the event streams ended after
+        CHAT_STREAM_MAX_BYTES (``recycled``) and those dropped as slow consumers; the
+        database batches written (each is one fan-out) and the messages in them."""
+        totals = dict.fromkeys(COUNTERS, 0.0)
+        for url in self.ops_urls:
+            text = requests.get(url + "/metrics", timeout=10).text
+            for name, pattern in COUNTERS.items():
+                found = pattern.search(text)
+                if found:
+                    totals[name] += float(found.group(1))
+        return totals
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -390,6 +426,7 @@ async def broadcast(server: Server, subscribers: int, messages: int, rate: float
             for client in clients:
                 client.close()
             await wait_subscribed(server, 0)
+    counters0 = server.counters() if server.is_ours else {}
     await send_at_rate(server.sender_target, WARM_UP, rate)
     await wait_until(lambda: tally.received >= subscribers * WARM_UP, 30)
     tally.restart()
@@ -411,6 +448,7 @@ async def broadcast(server: Server, subscribers: int, messages: int, rate: float
     if server.is_ours:
         # Warm-up included: every subscriber, whichever worker it is on, the same ids in order.
         extra["order"] = orders(clients)
+        extra["messages_per_batch"] = per_batch(counters0, server.counters())
     if server.workers:
         extra["subscribers_per_worker"] = spread
         extra["spread_attempts"] = attempt
@@ -641,8 +679,8 @@ async def many_connections(server: Server, connections: int, generators: int) ->
     delivered = sum(r["received"] for r in received)
     all_orders: Counter[tuple[int, ...]] = Counter()
     for r in received:
-        all_orders.update(r["orders"])
-    latencies = [value for r in received for value in r["latencies_ns"]]
+        all_orders.update(r["transports"]["ws"]["orders"])
+    latencies = [value for r in received for value in r["transports"]["ws"]["latencies_ns"]]
     return {
         "connections": connections,
         "generators": [
@@ -680,6 +718,248 @@ async def many_connections(server: Server, connections: int, generators: int) ->
         "server_cpu_us_per_delivery": round((cpu3 - cpu2) / max(delivered, 1) * 1e6, 2),
         "broadcast_wall_s": round(wall3 - wall2, 2),
         "parent_generator_cpu_s": round(gen1 - gen0, 2),
+    }
+
+
+# --- the event stream (Server-Sent Events), against the WebSocket and the long-poll ---------
+
+TRANSPORT_NAMES = {"ws": "websocket", "stream": "stream", "poll": "longpoll"}
+
+
+async def wait_idle(server: Server, timeout: float = 60) -> bool:
+    """No subscription and no stream left from the previous scenario (aborted clients are
+    closed by the server as it notices)."""
+    return await wait_until(
+        lambda: (lambda h: h["subscriptions"] == 0 and h.get("streams", 0) == 0)(server.health()), timeout
+    )
+
+
+async def wait_transports(server: Server, opened: dict[str, int], timeout: float = 60) -> bool:
+    """Every WebSocket subscribed, every stream open, every long-poll parked."""
+
+    def ready() -> bool:
+        health = server.health()
+        subscribed = opened.get("ws", 0) + opened.get("stream", 0)
+        return (
+            health["websockets"] == opened.get("ws", 0)
+            and health.get("streams", 0) == opened.get("stream", 0)
+            and health["parked_polls"] >= opened.get("poll", 0)
+            and health["subscriptions"] >= subscribed
+        )
+
+    return await wait_until(ready, timeout)
+
+
+async def _ask(pipes: list[Any], command: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+    for pipe in pipes:
+        pipe.send(command)
+    return list(await asyncio.gather(*(_from_pipe(pipe, timeout) for pipe in pipes)))
+
+
+@scenario
+async def generator_room(
+    server: Server, counts: dict[str, int], messages: int, rate: float, processes: int
+) -> dict[str, Any]:
+    """Subscribers of ours' room 1 of each kind in ``counts`` ("ws", "stream", "poll"), in
+    ``processes`` generator processes, each kind spread evenly over all of them (so that
+    the kinds of one room are measured by the same event loops); ``WARM_UP`` messages,
+    then ``messages`` at ``rate``. Server CPU is counted over the burst, per delivery over
+    every kind; the rest per kind."""
+    await wait_idle(server)
+    since = server.last_id()
+    shares = [
+        {kind: n // processes + (1 if i < n % processes else 0) for kind, n in counts.items()}
+        for i in range(processes)
+    ]
+    context = multiprocessing.get_context("spawn")
+    pipes, children = [], []
+    started = time.perf_counter()
+    for index, share in enumerate(shares):
+        parent_end, child_end = context.Pipe()
+        child = context.Process(
+            target=subscriber_process,
+            args=(child_end, server.port, since, share, f"127.0.0.{index + 2}", 100),
+            daemon=True,
+        )
+        child.start()
+        pipes.append(parent_end)
+        children.append(child)
+    try:
+        opened = await asyncio.gather(*(_from_pipe(pipe, 300) for pipe in pipes))
+        connect_seconds = time.perf_counter() - started
+        per_kind = {kind: sum(o["opened_per_kind"].get(kind, 0) for o in opened) for kind in counts}
+        all_ready = await wait_transports(server, per_kind)
+        counters0 = server.counters()
+        await send_at_rate(server.sender_target, WARM_UP, rate)
+        await _ask(pipes, {"do": "expect", "messages": WARM_UP, "timeout": 30}, 60)
+        await _ask(pipes, {"do": "restart"}, 30)
+        cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+        acks = await send_at_rate(server.sender_target, messages, rate, start_seq=WARM_UP)
+        received = await _ask(pipes, {"do": "expect", "messages": messages, "timeout": 60}, 120)
+        cpu1, wall1 = server.cpu_seconds(), time.perf_counter()
+        counters1 = server.counters()
+        await _ask(pipes, {"do": "close"}, 60)
+    finally:
+        for pipe, child in zip(pipes, children, strict=True):
+            if child.is_alive():  # after a failure: it waits for a command
+                with contextlib.suppress(OSError):
+                    pipe.send({"do": "close"})
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+    transports: dict[str, Any] = {}
+    for kind in counts:
+        reports = [r["transports"][kind] for r in received if kind in r["transports"]]
+        delivered = sum(t["received"] for t in reports)
+        firsts = [t["first_ns"] for t in reports if t["first_ns"]]
+        span = (max(t["last_ns"] for t in reports) - min(firsts)) / 1e9 if firsts else 0.0
+        entry: dict[str, Any] = {
+            "clients": per_kind[kind],
+            "expected": per_kind[kind] * messages,
+            "delivered": delivered,
+            "duplicates": sum(t["duplicates"] for t in reports),
+            "out_of_order": sum(t["out_of_order"] for t in reports),
+            "latency_ms": percentiles([value for t in reports for value in t["latencies_ns"]]),
+            "deliveries_per_s": round(delivered / span) if span else 0,
+        }
+        if kind != "poll":
+            all_orders: Counter[tuple[int, ...]] = Counter()
+            for t in reports:
+                all_orders.update(t["orders"])
+            # Warm-up included: every subscriber the same ids, in increasing order.
+            entry["order"] = order_summary(all_orders)
+        if kind == "stream":
+            entry["reconnects"] = sum(t["reconnects"] for t in reports)
+            entry["errors"] = sum(t["errors"] for t in reports)
+        transports[TRANSPORT_NAMES[kind]] = entry
+    delivered = sum(entry["delivered"] for entry in transports.values())
+    return {
+        "messages": messages,
+        "rate": rate,
+        "generator_processes": processes,
+        "connect_s": round(connect_seconds, 2),
+        "failed_to_open": sum(o["failed"] for o in opened),
+        "open_errors": [e for o in opened for e in o["errors"]],
+        "all_subscribed": all_ready,
+        "acked": len(acks),
+        "server_cpu_us_per_delivery": round((cpu1 - cpu0) / max(delivered, 1) * 1e6, 2),
+        "burst_wall_s": round(wall1 - wall0, 2),
+        # The busiest generator process, over the burst (and the wait for its end).
+        "generator_cpu_share": round(max(r["cpu_s"] / max(r["wall_s"], 1e-9) for r in received), 3),
+        # Warm-up included (the counters are read outside the CPU window).
+        "messages_per_batch": per_batch(counters0, counters1),
+        "server_stream": {
+            name: int(counters1[name] - counters0[name]) for name in ("recycled", "slow_dropped")
+        },
+        "transports": transports,
+    }
+
+
+def _one_transport(room: dict[str, Any], name: str, subscribers: int) -> dict[str, Any]:
+    """A one-transport room, as a broadcast entry is laid out."""
+    common = {k: v for k, v in room.items() if k != "transports"}
+    return {"subscribers": subscribers, **common, **room["transports"][name]}
+
+
+def complete(entry: dict[str, Any]) -> bool:
+    """Every delivery arrived, once; with an order, every subscriber the same, increasing."""
+    order = entry.get("order")
+    return (
+        entry["delivered"] == entry["expected"]
+        and entry["duplicates"] == 0
+        and (order is None or (order["identical"] and order["increasing"]))
+    )
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None
+
+
+async def stream_broadcast(
+    server: Server, subscribers: int, messages: int, rate: float, processes: int
+) -> dict[str, Any]:
+    """N event streams in one room, the broadcast scenario's burst; then, for a figure from
+    the same generator processes, N WebSockets the same way."""
+    stream = _one_transport(
+        await generator_room(server, {"stream": subscribers}, messages, rate, processes),
+        "stream",
+        subscribers,
+    )
+    ws = _one_transport(
+        await generator_room(server, {"ws": subscribers}, messages, rate, processes), "websocket", subscribers
+    )
+    return {
+        "subscribers": subscribers,
+        "messages": messages,
+        "rate": rate,
+        "stream": stream,
+        "websocket_same_generators": ws,
+        "cpu_ratio_vs_same_generators": _ratio(
+            stream["server_cpu_us_per_delivery"], ws["server_cpu_us_per_delivery"]
+        ),
+    }
+
+
+def judge_stream(stream: dict[str, Any], broadcasts: list[dict[str, Any]]) -> None:
+    """Set the stream scenario's comparison with the broadcast scenario's WebSocket figure for
+    the same burst (this run, this server), when there is one; else with the WebSocket
+    figure taken through the same generator processes."""
+    same = [
+        b
+        for b in broadcasts
+        if (b["subscribers"], b["messages"], b["rate"])
+        == (stream["subscribers"], stream["messages"], stream["rate"])
+    ]
+    cpu = stream["stream"]["server_cpu_us_per_delivery"]
+    if same:
+        ws = same[-1]
+        stream["websocket_broadcast"] = {
+            "server_cpu_us_per_delivery": ws["server_cpu_us_per_delivery"],
+            "messages_per_batch": ws.get("messages_per_batch"),
+            "latency_ms": ws["latency_ms"],
+            "delivered": ws["delivered"],
+            "expected": ws["expected"],
+        }
+        stream["cpu_ratio_vs_broadcast"] = _ratio(cpu, ws["server_cpu_us_per_delivery"])
+        ratio, basis = stream["cpu_ratio_vs_broadcast"], "broadcast"
+    else:
+        ratio, basis = stream["cpu_ratio_vs_same_generators"], "same_generators"
+    stream["cpu_ratio"], stream["cpu_ratio_basis"] = ratio, basis
+    stream["target"] = "stream CPU per delivery <= 1.5x the WebSocket's"
+    stream["met"] = ratio is not None and ratio <= 1.5
+    stream["complete"] = complete(stream["stream"])
+
+
+async def mixed_stream(
+    server: Server, clients: int, messages: int, rate: float, processes: int
+) -> dict[str, Any]:
+    """One room of ``clients`` WebSockets + ``clients`` event streams at ``rate``; then the
+    same with long-polls instead of streams, measured the same way."""
+    stream_room = await generator_room(server, {"ws": clients, "stream": clients}, messages, rate, processes)
+    poll_room = await generator_room(server, {"ws": clients, "poll": clients}, messages, rate, processes)
+    stream_room.update(
+        p99_ratio=_ratio(
+            stream_room["transports"]["stream"]["latency_ms"]["p99"],
+            stream_room["transports"]["websocket"]["latency_ms"]["p99"],
+        )
+    )
+    poll_room.update(
+        p99_ratio=_ratio(
+            poll_room["transports"]["longpoll"]["latency_ms"]["p99"],
+            poll_room["transports"]["websocket"]["latency_ms"]["p99"],
+        )
+    )
+    lossless = all(complete(t) for room in (stream_room, poll_room) for t in room["transports"].values())
+    return {
+        "clients_per_transport": clients,
+        "messages": messages,
+        "rate": rate,
+        "websocket_stream": stream_room,
+        "websocket_longpoll": poll_room,
+        "target": "stream p99 <= 2x the WebSocket p99 in the same room; nothing lost on either",
+        "met": stream_room["p99_ratio"] is not None and stream_room["p99_ratio"] <= 2 and lossless,
+        "complete": lossless,
     }
 
 
@@ -745,6 +1025,14 @@ async def run_server(server: Server, args: argparse.Namespace) -> dict[str, Any]
             await broadcast(server, subscribers, messages, rate)
             for subscribers, messages, rate in args.broadcast
         ]
+    # The event stream is ours only: the reference servers have none.
+    if server.is_ours and "stream" in wanted:
+        subscribers, messages, rate = args.stream
+        results["stream"] = await stream_broadcast(server, subscribers, messages, rate, args.processes)
+        judge_stream(results["stream"], results.get("broadcast", []))
+    if server.is_ours and "mixed-stream" in wanted:
+        clients, messages, rate = args.mixed_stream
+        results["mixed_stream"] = await mixed_stream(server, clients, messages, rate, args.processes)
     if server.is_ours:
         if "polls" in wanted:
             results["parked_polls"] = await parked_polls(server, 1000)
@@ -757,12 +1045,13 @@ async def run_server(server: Server, args: argparse.Namespace) -> dict[str, Any]
 
 
 def _bursts(text: str) -> list[tuple[int, int, float]]:
-    bursts = []
-    for item in text.split(","):
-        sizes, rate = item.split("@")
-        subscribers, messages = sizes.split("x")
-        bursts.append((int(subscribers), int(messages), float(rate)))
-    return bursts
+    return [_burst(item) for item in text.split(",")]
+
+
+def _burst(text: str) -> tuple[int, int, float]:
+    sizes, rate = text.split("@")
+    subscribers, messages = sizes.split("x")
+    return int(subscribers), int(messages), float(rate)
 
 
 def main() -> None:
@@ -772,13 +1061,32 @@ def main() -> None:
     )
     parser.add_argument("--idle", type=int, default=3000, help="idle connections for the memory figure")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
-    parser.add_argument("--scenarios", default="idle,broadcast,polls,senders,pages")
+    parser.add_argument("--scenarios", default="idle,broadcast,stream,mixed-stream,polls,senders,pages")
     parser.add_argument("--profile", type=Path, help="cProfile our server's reactor thread into this file")
     parser.add_argument(
         "--broadcast",
         type=_bursts,
         default="100x500@200,1000x200@50",
         help="broadcast bursts: SUBSCRIBERSxMESSAGES@RATE, comma-separated",
+    )
+    parser.add_argument(
+        "--stream",
+        type=_burst,
+        default="1000x200@50",
+        help="the stream scenario: SUBSCRIBERSxMESSAGES@RATE (the WebSocket figure is the "
+        "broadcast burst of the same size)",
+    )
+    parser.add_argument(
+        "--mixed-stream",
+        type=_burst,
+        default="500x200@20",
+        help="the mixed-stream scenario: CLIENTS (of each transport) x MESSAGES @ RATE",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="generator processes for the stream and mixed-stream scenarios' subscribers",
     )
     parser.add_argument(
         "--connections", type=int, default=20000, help="WebSockets for the connections scenario"
@@ -815,8 +1123,13 @@ def main() -> None:
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / f"{run['started'].replace(':', '')}.json").write_text(json.dumps(run, indent=1))
-    defaults = args.scenarios == parser.get_default("scenarios")
-    if defaults and args.broadcast == _bursts(parser.get_default("broadcast")):
+    defaults = (
+        args.scenarios == parser.get_default("scenarios")
+        and args.broadcast == _bursts(parser.get_default("broadcast"))
+        and args.stream == _burst(parser.get_default("stream"))
+        and args.mixed_stream == _burst(parser.get_default("mixed_stream"))
+    )
+    if defaults:
         from .report import write_report
 
         write_report(run, args.out, " ".join(["python -m bench.run", *sys.argv[1:]]))
