@@ -35,9 +35,15 @@ def _room_page(request: HttpRequest, room_id: int, transport: str) -> HttpRespon
     return render(request, "chat/room.html", context)
 
 
+# What the room page's client may be told to use: the best that works, or one only.
+TRANSPORTS = ("auto", "websocket", "stream", "longpoll")
+
+
 @ensure_csrf_cookie
 def room(request: HttpRequest, room_id: int) -> HttpResponse:
-    return _room_page(request, room_id, "websocket")
+    """The room over the best transport that works here (``?transport=`` forces one)."""
+    transport = request.GET.get("transport", "auto")
+    return _room_page(request, room_id, transport if transport in TRANSPORTS else "auto")
 
 
 @ensure_csrf_cookie

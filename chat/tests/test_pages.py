@@ -43,12 +43,19 @@ def test_private_rooms_are_listed_only_for_members(client, alice, private_room):
 
 
 @pytest.mark.parametrize(
-    ("name", "transport"), [("chat:room", "websocket"), ("chat:long_poll_room", "longpoll")]
+    ("name", "query", "transport"),
+    [
+        ("chat:room", "", "auto"),
+        ("chat:room", "?transport=stream", "stream"),
+        ("chat:room", "?transport=websocket", "websocket"),
+        ("chat:room", "?transport=carrier-pigeon", "auto"),
+        ("chat:long_poll_room", "", "longpoll"),
+    ],
 )
-def test_room_pages_carry_what_the_client_needs(client, alice, name, transport):
+def test_room_pages_carry_what_the_client_needs(client, alice, name, query, transport):
     lobby = ChatRoom.objects.get(name="Lobby")
     client.force_login(alice)
-    response = client.get(reverse(name, args=[lobby.pk]))
+    response = client.get(reverse(name, args=[lobby.pk]) + query)
     html = response.content.decode()
     assert response.status_code == 200
     assert f'data-room-id="{lobby.pk}"' in html

@@ -1,36 +1,23 @@
-// The chat client: receives a room's messages over one transport, and sends what the
-// person types through the outbox. It tells the page what to show through `view`.
+// The chat client: receives a room's messages over the transport the selector picked
+// (transports.js), and sends what the person types through the outbox. It tells the page
+// what to show through `view`.
 //
-// Both transports deliver the same message objects (docs/protocol.md). The client keeps
-// the last id it has shown, resumes from it after any loss, and drops what it has already
-// shown, so every message appears once, in id order.
+// Every transport delivers the same message objects (docs/protocol.md). The client keeps
+// the last id it has shown, resumes from it after any loss or switch, and drops what it
+// has already shown, so every message appears once, in id order.
 
 import { ChatError } from "./errors.js";
-import { PollLoop, PostSender } from "./longpoll.js";
 import { Outbox } from "./outbox.js";
 import { Backoff, Wait } from "./timing.js";
-import { FrameSender, WebSocketSubscription } from "./websocket.js";
-
-// Each transport: a receiver (start, stop) that feeds the client, and a sender that the
-// outbox uses to send one message and learn its id.
-const TRANSPORTS = {
-  websocket(client, paths) {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const sender = new FrameSender(client.room);
-    const receiver = new WebSocketSubscription(client, `${scheme}//${location.host}${paths.ws}`, sender);
-    return { receiver, sender };
-  },
-  longpoll(client, paths) {
-    return { receiver: new PollLoop(client, paths.poll), sender: new PostSender(client.room, paths.poll) };
-  },
-};
+import { TransportSelector } from "./transports.js";
 
 export class ChatClient {
-  // paths: { ws, poll, session }
-  // view: onMessages(messages), onDeleted(id), onState(state), onError(error),
-  //       onIdentity(user), onQueued(entry), onSending(entry), onWaiting(entry, error),
-  //       onSettled(nonce), onFailed(entry, error)
-  constructor({ room, transport, user, paths, view }) {
+  // transport: "auto" (the best that works), or "websocket", "stream" or "longpoll" only
+  // paths: { ws, stream, poll, session }
+  // view: onMessages(messages), onDeleted(id), onState(state), onTransport(name),
+  //       onError(error), onIdentity(user), onQueued(entry), onSending(entry),
+  //       onWaiting(entry, error), onSettled(nonce), onFailed(entry, error)
+  constructor({ room, transport = "auto", user, paths, view }) {
     this.room = Number(room);
     this.user = user; // the username, or null when anonymous
     this.paths = paths;
@@ -38,9 +25,8 @@ export class ChatClient {
     this.lastId = null; // the newest message shown
     this.awaitingEcho = new Map(); // id -> nonce: acknowledged, the message itself not here yet
     this.sessionChecks = 0;
-    const { receiver, sender } = TRANSPORTS[transport](this, paths);
-    this.receiver = receiver;
-    this.outbox = new Outbox(sender, {
+    this.transports = new TransportSelector(this, paths, transport);
+    this.outbox = new Outbox(this.transports.sender, {
       onQueued: (entry) => view.onQueued(entry),
       onSending: (entry) => view.onSending(entry),
       onWaiting: (entry, error) => view.onWaiting(entry, error),
@@ -53,7 +39,7 @@ export class ChatClient {
   start() {
     this.view.onIdentity(this.user);
     this.outbox.useStorage(this.storageKey());
-    this.receiver.start();
+    this.transports.start();
   }
 
   send(text) {
@@ -65,7 +51,7 @@ export class ChatClient {
     return this.user === null ? null : `chat-outbox:${this.room}:${this.user}`;
   }
 
-  // --- told by the receiver -------------------------------------------------------------
+  // --- told by the current transport ----------------------------------------------------
 
   // The transport is (re)established: not the same as data arriving.
   connected() {
@@ -79,7 +65,7 @@ export class ChatClient {
 
   // The server ended or refused the subscription for good.
   ended(error) {
-    this.receiver.stop();
+    this.transports.stop();
     this.view.onState("stopped");
     this.view.onError(error);
   }
@@ -124,11 +110,19 @@ export class ChatClient {
 
   // The session may have changed (a logout, or a login in another tab): ask who we are
   // now and carry on as that user. Nothing is sent until we know, so no message goes out
-  // under the wrong name.
-  async sessionChanged() {
+  // under the wrong name. Transports reconnect once this settles, with the cookie it saw.
+  //
+  // When the server said so (`told`), the cookie has changed, but the browser may store
+  // the other tab's new cookie a moment after the server's word arrives here: while the
+  // answer is still the old user, ask again a few times.
+  async sessionChanged({ told = false } = {}) {
     const check = ++this.sessionChecks;
     this.outbox.hold();
-    const user = await this.whoAmI();
+    let user = await this.whoAmI();
+    for (let delay = 100; told && user === this.user && delay <= 1600; delay *= 2) {
+      await new Wait(delay).done;
+      user = await this.whoAmI();
+    }
     if (check !== this.sessionChecks) return; // a newer check decides
     if (user !== this.user) {
       this.user = user;

@@ -16,7 +16,7 @@ function csrfToken() {
 }
 
 // One request; network failures and deadlines become a retryable ChatError.
-async function requestJson(url, options) {
+export async function requestJson(url, options) {
   let response;
   try {
     response = await fetch(url, { cache: "no-store", ...options });
@@ -31,8 +31,8 @@ async function requestJson(url, options) {
 
 // Polls the room from the last id seen, until stopped or refused for good.
 export class PollLoop {
-  constructor(client, path) {
-    this.client = client;
+  constructor(link, path) {
+    this.link = link;
     this.path = path;
     this.backoff = new Backoff();
     this.stopping = new AbortController();
@@ -53,25 +53,26 @@ export class PollLoop {
   }
 
   async run() {
-    let cursor = this.client.lastId; // null: the first answer is the latest 50
+    let cursor = this.link.lastId; // null: the first answer is the latest 50
     let connected = false;
     while (!this.stopped) {
       let answer;
       try {
-        answer = await this.poll(cursor);
+        // Until a poll has been answered, one that answers at once says we are through.
+        answer = await this.poll(cursor, connected ? POLL_TIMEOUT_S : 0);
       } catch (error) {
         if (this.stopped) return;
         if (error.code === "session_ended") {
-          // Logged out or in elsewhere: poll again at once, as whoever we are now.
-          this.client.sessionChanged();
+          // Logged out or in elsewhere: poll again as whoever we are now.
+          await this.link.sessionChanged();
           continue;
         }
         if (!error.retryable) {
-          this.client.ended(error); // e.g. unknown_room
+          this.link.ended(error); // e.g. unknown_room
           return;
         }
         connected = false;
-        this.client.disconnected();
+        this.link.disconnected();
         const delay = error.retryAfter === null ? this.backoff.next() : error.retryAfter * 1000;
         this.wait = new Wait(delay);
         await this.wait.done;
@@ -81,15 +82,16 @@ export class PollLoop {
       if (!connected) {
         connected = true;
         this.backoff.reset();
-        this.client.connected();
+        this.link.connected();
       }
-      this.client.deliver(answer.messages);
+      if (this.stopped) return; // replaced while this answer was on its way
+      this.link.deliver(answer.messages);
       cursor = answer.last;
     }
   }
 
-  poll(cursor) {
-    const params = new URLSearchParams({ room: this.client.room, timeout: POLL_TIMEOUT_S });
+  poll(cursor, timeout) {
+    const params = new URLSearchParams({ room: this.link.room, timeout });
     if (cursor !== null) params.set("since", cursor);
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(POLL_DEADLINE_MS)]);
     return requestJson(`${this.path}?${params}`, { signal });

@@ -3,6 +3,8 @@
 
 import { ChatClient } from "./chat-client.js";
 
+const TRANSPORT_NAMES = { websocket: "WebSocket", stream: "event stream", longpoll: "long-poll" };
+
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 
 // The site header, rendered by Django for who the browser was when the page loaded.
@@ -23,6 +25,7 @@ class RoomView {
     this.root = root;
     this.list = root.querySelector("#messages");
     this.stateLabel = root.querySelector("#connection-state");
+    this.transportLabel = root.querySelector("#transport");
     this.errorBox = root.querySelector("#error");
     this.form = root.querySelector("#send-form");
     this.input = root.querySelector("#message-input");
@@ -120,6 +123,11 @@ class RoomView {
     this.button.disabled = state === "stopped";
   }
 
+  onTransport(name) {
+    this.transportLabel.textContent = TRANSPORT_NAMES[name];
+    this.transportLabel.dataset.transport = name;
+  }
+
   onError(error) {
     this.errorBox.textContent = error ? error.message : "";
     this.errorBox.hidden = !error;
@@ -174,7 +182,12 @@ const client = new ChatClient({
   room: root.dataset.roomId,
   transport: root.dataset.transport,
   user: view.user,
-  paths: { ws: root.dataset.wsPath, poll: root.dataset.pollPath, session: root.dataset.sessionPath },
+  paths: {
+    ws: root.dataset.wsPath,
+    stream: root.dataset.streamPath,
+    poll: root.dataset.pollPath,
+    session: root.dataset.sessionPath,
+  },
   view,
 });
 

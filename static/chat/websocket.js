@@ -50,16 +50,18 @@ export class FrameSender {
 }
 
 // Keeps the room subscribed: reopens the socket after a drop and resumes from the last id
-// the client has, so nothing is missed or shown twice.
+// the client has, so nothing is missed or shown twice. It reports to its link
+// (transports.js): a socket that closes before `subscribed` has failed.
 export class WebSocketSubscription {
-  constructor(client, url, sender) {
-    this.client = client;
+  constructor(link, url, sender) {
+    this.link = link;
     this.url = url;
     this.sender = sender;
     this.backoff = new Backoff();
     this.socket = null;
     this.timer = null;
     this.retryAfterMs = null; // set when the server refused the subscription for a while
+    this.established = false; // this socket said `subscribed`
     this.stopped = true;
   }
 
@@ -72,19 +74,25 @@ export class WebSocketSubscription {
     this.stopped = true;
     clearTimeout(this.timer);
     this.socket?.close();
+    this.sender.detach();
   }
 
   open() {
     const socket = new WebSocket(this.url);
     this.socket = socket;
+    this.established = false;
+    this.link.opening();
     socket.addEventListener("open", () => {
-      const frame = { type: "subscribe", room: this.client.room };
-      if (this.client.lastId !== null) frame.since = this.client.lastId;
+      const frame = { type: "subscribe", room: this.link.room };
+      if (this.link.lastId !== null) frame.since = this.link.lastId;
       socket.send(JSON.stringify(frame));
       this.sender.attach(socket);
     });
-    socket.addEventListener("message", (event) => this.receive(JSON.parse(event.data)));
+    socket.addEventListener("message", (event) => {
+      if (socket === this.socket && !this.stopped) this.receive(JSON.parse(event.data));
+    });
     socket.addEventListener("close", (event) => {
+      if (socket !== this.socket) return;
       this.sender.detach();
       this.closed(event.code);
     });
@@ -93,12 +101,13 @@ export class WebSocketSubscription {
   receive(frame) {
     switch (frame.type) {
       case "subscribed":
+        this.established = true;
         this.backoff.reset();
-        this.client.connected();
+        this.link.connected();
         break;
       case "message":
       case "deleted":
-        this.client.deliver([frame]);
+        this.link.deliver([frame]);
         break;
       case "ack":
         this.sender.answered(frame);
@@ -109,7 +118,10 @@ export class WebSocketSubscription {
       case "unsubscribed":
         // With a code, the server ended the subscription (the room was deleted or is no
         // longer readable). Without one it answers an unsubscribe, which we never send.
-        if (frame.code) this.client.ended(new ChatError(frame.code, frame.message));
+        if (frame.code) {
+          this.stop();
+          this.link.ended(new ChatError(frame.code, frame.message));
+        }
         break;
     }
   }
@@ -119,12 +131,14 @@ export class WebSocketSubscription {
     if (frame.nonce) {
       this.sender.answered(frame);
     } else if (frame.room === undefined) {
-      this.client.showError(error); // about no command of ours in particular
+      this.link.showError(error); // about no command of ours in particular
     } else if (!error.retryable) {
-      this.client.ended(error); // the subscription was refused, e.g. unknown_room
+      this.stop();
+      this.link.ended(error); // the subscription was refused, e.g. unknown_room
     } else {
       // Refused for now: subscribe again on a new socket, when the server said to.
-      this.client.showError(error);
+      this.established = true; // the transport works; the server asked us to wait
+      this.link.showError(error);
       this.retryAfterMs = error.retryAfter === null ? null : error.retryAfter * 1000;
       this.socket.close();
     }
@@ -132,15 +146,20 @@ export class WebSocketSubscription {
 
   closed(code) {
     if (this.stopped) return;
+    if (!this.established) {
+      // The upgrade was refused or the socket died before the server answered: perhaps
+      // a proxy that does not pass WebSockets. The link may stop us here.
+      this.link.failed();
+      if (this.stopped) return;
+    }
     if (code === SESSION_CHANGED) {
-      // Reconnect at once: the new socket carries the new session's cookie.
-      this.client.sessionChanged();
-      this.open();
+      // Reconnect as soon as the browser's cookie says who it is now.
+      this.link.sessionChanged().then(() => this.stopped || this.open());
       return;
     }
     // The server is restarting (1001), we fell behind (4008) or the connection dropped
     // (1006): come back later and resume from the last id.
-    this.client.disconnected();
+    this.link.disconnected();
     const delay = this.retryAfterMs ?? this.backoff.next();
     this.retryAfterMs = null;
     this.timer = setTimeout(() => this.open(), delay);
