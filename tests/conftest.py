@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from .browser import CHROMIUM_ARGS
 from .server import PASSWORD, ChatServerProcess, base_env, manage
 
 USERS = ("alice", "bob", "carol", "admin")
@@ -125,6 +126,19 @@ def _postgres_admin(url: str) -> psycopg.Connection:
     return psycopg.connect(
         _with_database(url, "postgres").replace("postgres://", "postgresql://", 1), autocommit=True
     )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Debian's Chromium, driven by Playwright (which cannot download its own here)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is required: apt-get install chromium (make test does it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture

@@ -9,84 +9,28 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Page, Request, expect, sync_playwright
+from playwright.sync_api import Page, Request, expect
 
-from .server import PASSWORD, base_env, login, manage, poll, post_message
+from .browser import (
+    DELIVERED,
+    PENDING,
+    log_in,
+    message_rows,
+    open_room,
+    say,
+    stored_texts,
+    wait_until_delivered,
+)
+from .server import base_env, login, manage, post_message
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-]
 XSS_PAYLOADS = ["<img src=x onerror=alert(1)>", "</script><script>alert(1)</script>"]
 LOBBY = 1
 WS_ROOM, POLL_ROOM = "/chats/1/", "/chats/long_poll/1/"
-# Messages the server has stored, and messages typed here that it has not stored yet.
-DELIVERED = "#messages li.message:not(.pending, .failed)"
-PENDING = "#messages li.message.pending"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is required: apt-get install chromium (make test does it)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def log_in(page: Page, server, username: str) -> None:
-    """Log in through the real form, in the page's browser context."""
-    page.goto(server.url + "/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    # Not the header's "Log out" button, there too when someone is logged in already.
-    page.click("main button[type=submit]")
-    page.wait_for_url("**/chats/")
-
-
-def open_room(browser, server, username: str, path: str) -> tuple[Page, list[str]]:
-    """A fresh browser context that logs in through the real form, then opens ``path``."""
-    context = browser.new_context()
-    page = context.new_page()
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    log_in(page, server, username)
-    page.goto(server.url + path)
-    expect(page.locator("#connection-state")).to_have_text("connected", timeout=10_000)
-    return page, dialogs
-
-
-def say(page: Page, text: str) -> None:
-    page.fill("#message-input", text)
-    page.press("#message-input", "Enter")
-    expect(page.locator("#message-input")).to_have_value("", timeout=10_000)
-
-
-def message_rows(page: Page) -> list[tuple[str, str, str]]:
-    rows = page.eval_on_selector_all(
-        DELIVERED,
-        "items => items.map(li => [li.dataset.id, li.querySelector('.author').textContent,"
-        " li.querySelector('.text').textContent])",
-    )
-    return [tuple(row) for row in rows]
-
-
-def stored_texts(server) -> list[str]:
-    """What the server has stored in the Lobby, in id order."""
-    return [message["text"] for message in poll(server, LOBBY, since=0).json()["messages"]]
 
 
 def test_websocket_page_and_long_poll_page_chat_both_ways(browser, server):
@@ -164,11 +108,6 @@ def type_quickly(page: Page, texts: list[str]) -> None:
     for text in texts:
         page.fill("#message-input", text)
         page.press("#message-input", "Enter")
-
-
-def wait_until_delivered(page: Page, count: int, timeout: float = 30_000) -> None:
-    expect(page.locator(DELIVERED)).to_have_count(count, timeout=timeout)
-    expect(page.locator(PENDING)).to_have_count(0, timeout=timeout)
 
 
 def test_messages_typed_fast_on_the_websocket_page_are_stored_once_in_typed_order(browser, server_factory):
