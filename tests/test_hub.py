@@ -249,13 +249,52 @@ def test_catch_up_drops_a_client_that_does_not_read_as_live_fan_out_would(room, 
     world = World()
     world.post(alice, room.id, *[f"m{n}" for n in range(7)])
     client, sink = world.client()
-    sink.queued = world.hub.max_backlog + 1  # the transport filled up and asked to pause
-    client.paused()
+    deliver = sink.deliver
+
+    def fill(room_id, events):
+        """The page filled the transport, which asked to pause; the client does not read."""
+        deliver(room_id, events)
+        sink.queued = world.hub.max_backlog + 1
+        client.paused()
+
+    sink.deliver = fill
     client.subscribe(room.id, 0)
-    # The first page (3 messages) went out; no more pages are read for it.
+    # The first page (3 messages) went out, judged by what was queued before it (a
+    # WebSocket's 101 or a stream's 200 may still be); no more pages are read for it.
     assert sink.event_ids(room.id) == [1, 2, 3]
     assert sink.calls[-1] == ("dropped",)
     assert client.closed and world.hub.slow_consumers_dropped == 1
+
+
+def test_a_last_page_that_fills_the_transport_is_not_a_slow_consumer(room, alice):
+    """A stream's 200 or a WebSocket's 101 may still be queued when the history is written
+    behind it; a client is judged slow by what it had not read before a page, not by the
+    page it has just been given."""
+    world = World()
+    world.post(alice, room.id, "one", "two")
+    client, sink = world.client()
+    deliver = sink.deliver
+
+    def fill(room_id, events):
+        deliver(room_id, events)
+        sink.queued = world.hub.max_backlog + 1
+        client.paused()
+
+    sink.deliver = fill
+    client.subscribe(room.id, 0)
+    assert sink.event_ids(room.id) == [1, 2]
+    assert sink.calls[-1] == ("caught_up", room.id) and not client.closed
+
+
+def test_catch_up_writes_nothing_to_a_client_already_too_far_behind(room, alice):
+    world = World()
+    world.post(alice, room.id, *[f"m{n}" for n in range(7)])
+    client, sink = world.client()
+    sink.queued = world.hub.max_backlog + 1
+    client.paused()
+    client.subscribe(room.id, 0)
+    assert sink.event_ids(room.id) == []
+    assert sink.calls[-1] == ("dropped",) and client.closed
 
 
 def test_subscribing_again_resumes_after_what_the_connection_was_sent(room, alice):

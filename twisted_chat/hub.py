@@ -408,10 +408,10 @@ class RoomHub:
         if len(messages) < self.page_size:
             self._caught_up(messages, subscription, cursor)
             return None
-        cursor = subscription.sent = messages[-1].id
-        subscription.client.sink.deliver(subscription.room_id, messages)
         if self._drop_if_behind(subscription.client):
             return None
+        cursor = subscription.sent = messages[-1].id
+        subscription.client.sink.deliver(subscription.room_id, messages)
         more = self.log.read_after(subscription.room_id, cursor, self.page_size)
         return more.addCallback(self._page, subscription, cursor)
 
@@ -435,9 +435,9 @@ class RoomHub:
         room.live[subscription] = sink.deliver
         subscription.state = SubscriptionState.LIVE
         if events:
-            sink.deliver(subscription.room_id, events)
             if self._drop_if_behind(subscription.client):
                 return
+            sink.deliver(subscription.room_id, events)
         if subscription.current:
             sink.caught_up(subscription.room_id)
 
@@ -505,8 +505,11 @@ class RoomHub:
             self._drop_slow(client)
 
     def _drop_if_behind(self, client: Client) -> bool:
-        """After catch-up wrote a page: a client that does not read gets no more than live
-        clients may queue (the limit plus one page), whatever it asks for."""
+        """Before catch-up writes a page: a client that does not read gets no more than
+        live clients may queue (the limit plus one page), whatever it asks for.
+
+        Checked before, not after: the first page may find the connection's head (a
+        WebSocket's 101, a stream's 200) still queued, and must not count against it."""
         if client in self.paused and client.sink.queued_bytes() > self.max_backlog:
             self._drop_slow(client)
             return True
