@@ -80,7 +80,7 @@ def test_slow_consumer_is_dropped_others_unaffected_and_it_can_resume(server):
         reading.join(60)
     assert received == acked == list(range(1, count + 1)), "the fast reader was disturbed"
     metrics = server.metrics()
-    assert "chat_slow_consumer_disconnects_total 1.0" in metrics
+    assert 'chat_slow_consumer_disconnects_total{transport="websocket"} 1.0' in metrics
     wait_for(lambda: health(server)["websockets"] == 0, what="the slow consumer to be dropped")
     slow.close()
     # Reconnecting with `since` loses nothing.
