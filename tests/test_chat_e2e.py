@@ -357,7 +357,7 @@ def test_pages_and_static_files_are_served_by_the_same_process(server):
     assert requests.get(server.url + f"/chats/{LOBBY}/", timeout=10).status_code == 200
     assert requests.get(server.url + f"/chats/long_poll/{LOBBY}/", timeout=10).status_code == 200
     script = requests.get(server.url + "/static/chat/chat-client.js", timeout=10)
-    assert script.status_code == 200 and "WebSocket" in script.text
+    assert script.status_code == 200 and "export class ChatClient" in script.text
     assert requests.get(server.url + "/static/chat/", timeout=10).status_code == 404
     assert requests.get(server.url + "/static/../manage.py", timeout=10).status_code == 404
 
