@@ -245,19 +245,23 @@ def test_a_room_change_during_its_load_is_not_lost(room):
     assert [info.is_private for info in infos] == [True, True]
 
 
-def test_catch_up_drops_a_client_that_does_not_read_as_live_fan_out_would(room, alice):
-    world = World()
-    world.post(alice, room.id, *[f"m{n}" for n in range(7)])
-    client, sink = world.client()
+def stop_reading_after_a_page(world, client, sink):
+    """The next page fills the transport, which asks to pause; the client reads no more."""
     deliver = sink.deliver
 
     def fill(room_id, events):
-        """The page filled the transport, which asked to pause; the client does not read."""
         deliver(room_id, events)
         sink.queued = world.hub.max_backlog + 1
         client.paused()
 
     sink.deliver = fill
+
+
+def test_catch_up_drops_a_client_that_does_not_read_as_live_fan_out_would(room, alice):
+    world = World()
+    world.post(alice, room.id, *[f"m{n}" for n in range(7)])
+    client, sink = world.client()
+    stop_reading_after_a_page(world, client, sink)
     client.subscribe(room.id, 0)
     # The first page (3 messages) went out, judged by what was queued before it (a
     # WebSocket's 101 or a stream's 200 may still be); no more pages are read for it.
@@ -273,14 +277,7 @@ def test_a_last_page_that_fills_the_transport_is_not_a_slow_consumer(room, alice
     world = World()
     world.post(alice, room.id, "one", "two")
     client, sink = world.client()
-    deliver = sink.deliver
-
-    def fill(room_id, events):
-        deliver(room_id, events)
-        sink.queued = world.hub.max_backlog + 1
-        client.paused()
-
-    sink.deliver = fill
+    stop_reading_after_a_page(world, client, sink)
     client.subscribe(room.id, 0)
     assert sink.event_ids(room.id) == [1, 2]
     assert sink.calls[-1] == ("caught_up", room.id) and not client.closed

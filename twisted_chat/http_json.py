@@ -1,4 +1,5 @@
-"""JSON responses for the Twisted resources, with the headers every one of them needs."""
+"""JSON responses for the Twisted resources, with the headers every one of them needs, and
+the query and header values they read."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def raw_error_response(error: ProtocolError, headers: Iterable[tuple[str, str]] 
         head.append(f"Retry-After: {max(1, round(error.retry_after))}")
     head.extend(f"{name}: {value}" for name, value in headers)
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def query_arg(request: Request, name: bytes) -> str | None:
+    """The first value of a query parameter; ProtocolError ``bad_request`` if not UTF-8."""
+    values = request.args.get(name)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_request", f"'{name.decode()}' is not valid UTF-8") from None
+
+
+def header_text(request: Request, name: bytes) -> str:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value else ""

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from . import wire
 from .errors import ProtocolError, as_protocol_error
 from .events import Author, ChatMessage, RoomEvent
-from .http_json import error_body, json_body
+from .http_json import error_body, header_text, json_body, query_arg
 from .hub import Client, Identity, RoomHub
 from .origins import OriginPolicy
 from .sessions import CsrfRejected, authenticate_form_post, keys_from_cookies
@@ -172,14 +172,16 @@ class LongPollResource(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         try:
             origin = request.getHeader(b"origin")
-            host = _header(request, b"host")
+            host = header_text(request, b"host")
             if origin is not None and not self._origins.allows(origin.decode("latin-1"), host):
                 raise ProtocolError("csrf_failed", "cross-origin poll refused")
-            room_id = wire.parse_room(_arg(request, b"room"))
-            since_arg = _arg(request, b"since")
-            since = wire.parse_since(since_arg if since_arg is not None else _arg(request, b"lastupdate"))
-            timeout = self._parse_timeout(_arg(request, b"timeout"))
-            callback = _arg(request, b"callback") if self._jsonp else None
+            room_id = wire.parse_room(query_arg(request, b"room"))
+            since_arg = query_arg(request, b"since")
+            if since_arg is None:
+                since_arg = query_arg(request, b"lastupdate")
+            since = wire.parse_since(since_arg)
+            timeout = self._parse_timeout(query_arg(request, b"timeout"))
+            callback = query_arg(request, b"callback") if self._jsonp else None
             if callback is not None and not _JS_IDENTIFIER.match(callback):
                 raise ProtocolError("bad_request", "'callback' must be a JavaScript identifier")
         except ProtocolError as error:
@@ -189,7 +191,7 @@ class LongPollResource(Resource):
             # A script tag sends the reader's cookies from any site: JSONP is always anonymous.
             session_key = browser_key = None
         else:
-            session_key, browser_key = keys_from_cookies(_header(request, b"cookie"))
+            session_key, browser_key = keys_from_cookies(header_text(request, b"cookie"))
         identity = Identity(session_key, browser_key)
         poll = _Poll(self, request, room_id, since, timeout)
         if session_key is None:
@@ -344,21 +346,6 @@ def _finish(request: Request, body: bytes) -> None:
     request.finish()
 
 
-def _arg(request: Request, name: bytes) -> str | None:
-    values = request.args.get(name)
-    if not values:
-        return None
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("bad_request", f"'{name.decode()}' is not valid UTF-8") from None
-
-
-def _header(request: Request, name: bytes) -> str:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if value else ""
-
-
 def _wsgi_environ(request: Request, body: bytes) -> dict[str, Any]:
     """Enough of a WSGI environ for Django's session and CSRF middleware to judge a POST."""
     uri = request.uri
@@ -374,7 +361,7 @@ def _wsgi_environ(request: Request, body: bytes) -> dict[str, Any]:
         "SERVER_PORT": str(getattr(host, "port", 80)),
         "SERVER_PROTOCOL": request.clientproto.decode("latin-1"),
         "REMOTE_ADDR": getattr(client, "host", ""),
-        "CONTENT_TYPE": _header(request, b"content-type"),
+        "CONTENT_TYPE": header_text(request, b"content-type"),
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
         "wsgi.url_scheme": "https" if request.isSecure() else "http",

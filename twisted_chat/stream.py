@@ -30,7 +30,7 @@ from . import wire
 from .eager_write import queued_bytes, write_now
 from .errors import ProtocolError, as_protocol_error
 from .events import Author, ChatMessage, RoomEvent
-from .http_json import error_body
+from .http_json import error_body, header_text, query_arg
 from .hub import Client, Identity, RoomHub
 from .origins import OriginPolicy
 from .sessions import keys_from_cookies
@@ -268,7 +268,7 @@ class StreamResource(Resource):
             room_id, since = self._parse(request)
         except ProtocolError as error:
             return error_body(request, error)
-        session_key, browser_key = keys_from_cookies(_header(request, b"cookie"))
+        session_key, browser_key = keys_from_cookies(header_text(request, b"cookie"))
         identity = Identity(session_key, browser_key)
         stream = _Stream(self, request, room_id, since)
         d = self._hub.authenticate(session_key).addCallback(self._admit, stream, identity)
@@ -277,16 +277,16 @@ class StreamResource(Resource):
 
     def _parse(self, request: Request) -> tuple[int, int | None]:
         origin = request.getHeader(b"origin")
-        host = _header(request, b"host")
+        host = header_text(request, b"host")
         if origin is not None and not self._origins.allows(origin.decode("latin-1"), host):
             raise ProtocolError("csrf_failed", "cross-origin stream refused")
-        room_id = wire.parse_room(_arg(request, b"room"))
+        room_id = wire.parse_room(query_arg(request, b"room"))
         # EventSource sends the id of the last event it received when it reconnects, to
         # the URL it first opened: that id is the newer cursor.
         last_event_id = request.getHeader(b"last-event-id")
         if last_event_id is not None:
             return room_id, wire.parse_since(last_event_id.decode("latin-1").strip())
-        return room_id, wire.parse_since(_arg(request, b"since"))
+        return room_id, wire.parse_since(query_arg(request, b"since"))
 
     def _admit(self, author: Author | None, stream: _Stream, identity: Identity) -> None:
         if stream.done:
@@ -328,18 +328,3 @@ class StreamResource(Resource):
             stream.end(b"retry: %d\n\n" % random.randint(self.retry_ms // 2, self.retry_ms * 2))
         if self._heartbeat.running:
             self._heartbeat.stop()
-
-
-def _arg(request: Request, name: bytes) -> str | None:
-    values = request.args.get(name)
-    if not values:
-        return None
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("bad_request", f"'{name.decode()}' is not valid UTF-8") from None
-
-
-def _header(request: Request, name: bytes) -> str:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if value else ""
