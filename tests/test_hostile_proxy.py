@@ -13,25 +13,17 @@ import select
 import socket
 import socketserver
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from .hostile_proxy import HostileProxy, Mode
+from .server import wait_for
 
 TIMEOUT = 3.0
 FIRST = b"data: first\n\n"
 SECOND = b"data: second\n\n"
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {what}")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -335,7 +327,7 @@ def test_set_mode_drops_open_connections_and_new_ones_use_the_new_mode(
     streaming.send_request("GET", "/chunked")
     streaming.read_head()
     assert streaming.read_chunk() == FIRST
-    wait_until(lambda: proxy.open_connections == 2, "both connections are open")
+    wait_for(lambda: proxy.open_connections == 2, TIMEOUT, what="both connections are open")
     assert proxy.set_mode("no_upgrade") == 2
     assert proxy.mode == "no_upgrade"
     assert idle.read_until_closed() == b""
@@ -359,7 +351,7 @@ def test_a_client_leaving_a_held_response_frees_its_connection(make_proxy, upstr
     client.send_request("GET", "/chunked")
     assert upstream.first_sent.wait(TIMEOUT)
     client.sock.close()
-    wait_until(lambda: proxy.open_connections == 0, "the proxy noticed the client left")
+    wait_for(lambda: proxy.open_connections == 0, TIMEOUT, what="the proxy noticed the client left")
     assert Client(proxy.port).get("/echo").status == 200
 
 

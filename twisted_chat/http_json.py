@@ -22,6 +22,9 @@ def json_body(request: Request, obj: Any, status: int = 200) -> bytes:
 
 
 def error_body(request: Request, error: ProtocolError) -> bytes:
+    """The documented JSON error, with ``Retry-After`` (whole seconds) when waiting helps."""
+    if error.retry_after is not None:
+        request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
     return json_body(request, error.as_http_body(), error.status)
 
 

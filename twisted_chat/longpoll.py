@@ -162,19 +162,14 @@ class LongPollResource(Resource):
     def render(self, request: Request) -> bytes | int:
         if request.method not in (b"GET", b"HEAD", b"POST"):
             request.setHeader(b"allow", b"GET, HEAD, POST")
-            return _error_body(
-                request, ProtocolError("method_not_allowed", "use GET to poll or POST to send")
-            )
+            return error_body(request, ProtocolError("method_not_allowed", "use GET to poll or POST to send"))
         return super().render(request)
 
     # --- GET: wait for messages ---------------------------------------------------------
 
     def render_GET(self, request: Request) -> bytes | int:
         try:
-            origin = request.getHeader(b"origin")
-            host = header_text(request, b"host")
-            if origin is not None and not self._origins.allows(origin.decode("latin-1"), host):
-                raise ProtocolError("csrf_failed", "cross-origin poll refused")
+            self._origins.check(request, "poll")
             room_id = wire.parse_room(query_arg(request, b"room"))
             since_arg = query_arg(request, b"since")
             if since_arg is None:
@@ -185,7 +180,7 @@ class LongPollResource(Resource):
             if callback is not None and not _JS_IDENTIFIER.match(callback):
                 raise ProtocolError("bad_request", "'callback' must be a JavaScript identifier")
         except ProtocolError as error:
-            return _error_body(request, error)
+            return error_body(request, error)
         if callback is not None:
             request.jsonp_callback = callback.encode()  # type: ignore[attr-defined]
             # A script tag sends the reader's cookies from any site: JSONP is always anonymous.
@@ -265,7 +260,7 @@ class LongPollResource(Resource):
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
             error = ProtocolError("too_large", f"'text' is over {self._max_text_length} characters")
-            return _error_body(request, error)
+            return error_body(request, error)
         environ = _wsgi_environ(request, body)
         d = self._run_query(_authenticate_and_read, environ)
         d.addCallback(self._post, request)
@@ -318,14 +313,8 @@ def _messages_body(room_id: int, last: int, events: Sequence[RoomEvent]) -> byte
     return f'{{"room":{room_id},"last":{last},"messages":[{listed}]}}'.encode()
 
 
-def _error_body(request: Request, error: ProtocolError) -> bytes:
-    if error.retry_after is not None:
-        request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
-    return error_body(request, error)
-
-
 def _finish_error(request: Request, error: ProtocolError) -> None:
-    _finish(request, _error_body(request, error))
+    _finish(request, error_body(request, error))
 
 
 def _finish(request: Request, body: bytes) -> None:

@@ -110,8 +110,6 @@ class _Stream:
             self.client.close()
         if can_answer(self.request):
             body = error_body(self.request, error)
-            if error.retry_after is not None:
-                self.request.setHeader(b"retry-after", str(max(1, round(error.retry_after))).encode())
             self.request.setHeader(b"content-length", str(len(body)).encode())
             self.request.write(body)
             self.request.finish()
@@ -276,10 +274,7 @@ class StreamResource(Resource):
         return NOT_DONE_YET
 
     def _parse(self, request: Request) -> tuple[int, int | None]:
-        origin = request.getHeader(b"origin")
-        host = header_text(request, b"host")
-        if origin is not None and not self._origins.allows(origin.decode("latin-1"), host):
-            raise ProtocolError("csrf_failed", "cross-origin stream refused")
+        self._origins.check(request, "stream")
         room_id = wire.parse_room(query_arg(request, b"room"))
         # EventSource sends the id of the last event it received when it reconnects, to
         # the URL it first opened: that id is the newer cursor.
