@@ -21,6 +21,10 @@ class ChatRoom(models.Model):
         default=False, help_text="Only members can read, post and see this room."
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="chat_rooms")
+    is_closed = models.BooleanField(
+        default=False,
+        help_text="A closed room keeps its history but nobody can open it: open chats are ended.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     # High-water mark of ids handed out, so that ids are never reused even after the
     # newest messages are deleted and the server restarts.
@@ -43,6 +47,23 @@ class ChatRoom(models.Model):
 
 
 class Message(models.Model):
+    """One entry of a room's log: a message, or a change to an earlier one.
+
+    Edits and deletions take their own place in the room's sequence, so that a client
+    resuming after id N learns of every change made since, in order, with the new messages.
+    """
+
+    MESSAGE = "message"
+    SYSTEM = "system"
+    EDITED = "edited"
+    DELETED = "deleted"
+    KINDS = [
+        (MESSAGE, "message"),
+        (SYSTEM, "system message"),
+        (EDITED, "edit of an earlier message"),
+        (DELETED, "deletion of an earlier message"),
+    ]
+
     room = models.ForeignKey(ChatRoom, on_delete=models.CASCADE, related_name="messages")
     seq = models.PositiveBigIntegerField(help_text="Per-room id, as clients see it.")
     user = models.ForeignKey(
@@ -57,6 +78,13 @@ class Message(models.Model):
     text = models.TextField()
     ts = models.BigIntegerField(help_text="Server time of acceptance, ms since the epoch.")
     nonce = models.CharField(max_length=64, blank=True, default="")
+    kind = models.CharField(max_length=8, choices=KINDS, default=MESSAGE)
+    target = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="For an edit or deletion: the id of the message it changed."
+    )
+    edited = models.BigIntegerField(
+        null=True, blank=True, help_text="When the text was last edited, ms since the epoch."
+    )
 
     class Meta:
         ordering = ["room", "seq"]
@@ -71,3 +99,30 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room} #{self.seq} {self.username}: {self.text[:40]}"
+
+
+class Ban(models.Model):
+    """A user who may not read or post in a room, or (with no room) anywhere."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_bans")
+    room = models.ForeignKey(
+        ChatRoom,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="bans",
+        help_text="Leave empty to ban from every room.",
+    )
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "room"], name="chat_ban_user_room"),
+            models.UniqueConstraint(
+                fields=["user"], condition=models.Q(room=None), name="chat_ban_user_everywhere"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} banned from {self.room or 'every room'}"
