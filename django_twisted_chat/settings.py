@@ -281,6 +281,11 @@ CHAT_MAX_POLL_RESPONSE_CHARS = int(os.environ.get("CHAT_MAX_POLL_RESPONSE_CHARS"
 CHAT_STREAM_MAX_BYTES = int(os.environ.get("CHAT_STREAM_MAX_BYTES", str(256 * 1024)))
 CHAT_STREAM_HEARTBEAT = float(os.environ.get("CHAT_STREAM_HEARTBEAT", "15"))
 CHAT_STREAM_RETRY_MS = int(os.environ.get("CHAT_STREAM_RETRY_MS", "2000"))
+# Presence: a long-poll user stays in a room this many seconds after their last poll, and
+# the users of a process that died leave within it.
+CHAT_PRESENCE_GRACE = float(os.environ.get("CHAT_PRESENCE_GRACE", "30"))
+# Authors may edit or delete their messages for this many seconds (staff: always).
+CHAT_EDIT_WINDOW = float(os.environ.get("CHAT_EDIT_WINDOW", "900"))
 # Heartbeats: ping every interval; drop a peer that does not answer within the timeout.
 CHAT_WS_PING_INTERVAL = float(os.environ.get("CHAT_WS_PING_INTERVAL", "20"))
 CHAT_WS_PING_TIMEOUT = float(os.environ.get("CHAT_WS_PING_TIMEOUT", "20"))

@@ -233,12 +233,25 @@ def ws_connect(
     )
 
 
-def recv_json(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout=timeout))
+# Who is here and who is typing: frames that come and go with other clients, which most
+# tests leave out.
+EPHEMERAL = ("presence", "typing")
+
+
+def recv_json(ws: ClientConnection, timeout: float = 10.0, everything: bool = False) -> dict[str, Any]:
+    """The next frame, skipping presence and typing unless ``everything``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.001)))
+        if everything or frame.get("type") not in EPHEMERAL:
+            return frame
 
 
 def recv_until(
-    ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ws: ClientConnection,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 10.0,
+    everything: bool = False,
 ) -> list[dict[str, Any]]:
     """Frames up to and including the first that matches; fails at the deadline."""
     deadline = time.monotonic() + timeout
@@ -248,7 +261,7 @@ def recv_until(
         if remaining <= 0:
             raise AssertionError(f"no matching frame within {timeout}s; got {frames[-5:]}")
         try:
-            frame = recv_json(ws, remaining)
+            frame = recv_json(ws, remaining, everything)
         except TimeoutError:
             raise AssertionError(f"no matching frame within {timeout}s; got {frames[-5:]}") from None
         frames.append(frame)

@@ -138,7 +138,7 @@ def test_poll_without_since_returns_latest_fifty_and_times_out_empty(server):
     assert latest["last"] == 60
     started = time.monotonic()
     empty = poll(server, LOBBY, since=60, timeout=0.5).json()
-    assert empty == {"room": LOBBY, "last": 60, "messages": []}
+    assert empty == {"room": LOBBY, "last": 60, "messages": [], "presence": []}
     assert time.monotonic() - started >= 0.4
     alias = requests.get(server.url + "/poll", params={"room": LOBBY, "lastupdate": 58}, timeout=10).json()
     assert [m["id"] for m in alias["messages"]] == [59, 60]
@@ -338,11 +338,15 @@ def test_admin_delete_removes_message_from_open_clients_and_history(server):
         )
         assert response.status_code in (200, 302)
         event = recv_until(ws, lambda f: f.get("type") == "deleted")[-1]
-        assert event == {"type": "deleted", "room": LOBBY, "id": doomed["id"]}
+        assert event == {"type": "deleted", "room": LOBBY, "id": doomed["id"], "seq": doomed["id"] + 1}
+    # The deletion has its place in the log: a client that resumes learns of it.
+    expected = [("message", keep["id"]), ("deleted", doomed["id"])]
     history = poll(server, LOBBY, since=0).json()["messages"]
-    assert [m["id"] for m in history] == [keep["id"]]
+    assert [(m["type"], m["id"]) for m in history] == expected
     server.restart()
-    assert [m["id"] for m in poll(server, LOBBY, since=0).json()["messages"]] == [keep["id"]]
+    history = poll(server, LOBBY, since=0).json()["messages"]
+    assert [(m["type"], m["id"]) for m in history] == expected
+    assert [m["id"] for m in poll(server, LOBBY).json()["messages"]] == [keep["id"]]
 
 
 def _admin_pk(html: str) -> int:

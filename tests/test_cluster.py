@@ -99,7 +99,7 @@ class Poller:
             except requests.RequestException:
                 continue
             if response.status_code == 200:
-                self.ids.extend(m["id"] for m in response.json()["messages"])
+                self.ids.extend(m["id"] for m in response.json()["messages"] if m["type"] == "message")
 
     def close(self) -> None:
         self._stop.set()

@@ -54,7 +54,7 @@ class Sink:
     def __init__(self):
         self.calls: list[tuple] = []
 
-    def subscribed(self, room_id, last):
+    def subscribed(self, room_id, last, present):
         self.calls.append(("subscribed", room_id, last))
 
     def deliver(self, room_id, events):

@@ -14,7 +14,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from chat.models import ChatRoom, Message
-from twisted_chat.events import Author, ChatMessage
+from twisted_chat.events import DELETED, Author, ChatMessage
 from twisted_chat.storage import archive
 from twisted_chat.storage.interfaces import StoreUnavailable
 from twisted_chat.storage.message_log import SqlMessageLog
@@ -274,11 +274,15 @@ def test_a_duplicate_from_another_process_is_acknowledged_once_its_id_is_handed_
     assert listener.committed == [(room.pk, [1])]
 
 
-def test_a_message_deleted_before_it_arrives_is_never_handed_on(room, alice):
+def test_a_deletion_from_another_process_removes_its_message_here(room, alice):
     clock, listener, feed = task.Clock(), Recorder(), FakeFeed()
     store = make_store(clock, on_committed=listener, feed=feed)
     result_of(store.last_id(room.pk))
-    one, two = committed_elsewhere(room, alice, "one", "two")
-    store.forget(room.pk, 1)
-    feed.received(room.pk, [one, two])
-    assert listener.committed == [(room.pk, [2])]
+    (one,) = committed_elsewhere(room, alice, "one")
+    (outcome,) = archive.write_batch([ChatMessage(room.pk, 0, 5, "alice", "", alice.id, kind=DELETED, target=1)])
+    deletion = ChatMessage(room.pk, outcome.message_id, 5, "alice", "", alice.id, kind=DELETED, target=1)
+    feed.received(room.pk, [one, deletion])
+    assert listener.committed == [(room.pk, [1, 2])]
+    assert result_of(store.read_latest(room.pk, 10)) == []
+    assert [e.id for e in result_of(store.read_after(room.pk, 0, 10))] == [2]
+    assert not Message.objects.filter(room=room, seq=1).exists()

@@ -219,7 +219,7 @@ def test_long_poll_timeout_is_clamped(server_factory):
     response = poll(server, LOBBY, since=0, timeout=3600)
     assert response.status_code == 200
     assert response.elapsed.total_seconds() < 5
-    assert response.json() == {"room": LOBBY, "last": 0, "messages": []}
+    assert response.json() == {"room": LOBBY, "last": 0, "messages": [], "presence": []}
 
 
 # --- bad input --------------------------------------------------------------------------

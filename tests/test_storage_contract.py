@@ -21,10 +21,10 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from chat.models import ChatRoom
-from twisted_chat.events import Author, ChatMessage, MessageDeleted
+from twisted_chat.events import DELETED, EDITED, Author, ChatMessage
 from twisted_chat.storage import Storage, archive
 from twisted_chat.storage.directory import LocalRoomDirectory
-from twisted_chat.storage.interfaces import RoomInfo, UnknownRoom
+from twisted_chat.storage.interfaces import NoSuchMessage, RoomInfo, UnknownRoom
 from twisted_chat.storage.memory_broker import LocalBroker
 from twisted_chat.storage.memory_presence import LocalPresence
 from twisted_chat.storage.message_log import SqlMessageLog
@@ -248,15 +248,29 @@ def test_log_rooms_have_their_own_sequences(backend, room, alice):
     assert [result_of(a) for a in acks] == [1, 1, 2, 2, 3]
 
 
-def test_log_forgets_deleted_messages(backend, room, alice):
+def test_log_keeps_edits_and_deletions_in_the_sequence_and_applies_them(backend, room, alice):
     log = backend.storage.log
     for text in "abc":
         log.append(room.pk, alice, text)
     backend.settle()
-    room.messages.filter(seq=2).delete()
-    log.forget(room.pk, 2)
-    assert [m.id for m in result_of(log.read_after(room.pk, 0, 10), backend)] == [1, 3]
-    assert [m.id for m in result_of(log.read_latest(room.pk, 10), backend)] == [1, 3]
+    assert result_of(log.append(room.pk, alice, "A!", kind=EDITED, target=1), backend) == 4
+    assert result_of(log.append(room.pk, alice, "", kind=DELETED, target=2), backend) == 5
+    entries = result_of(log.read_after(room.pk, 0, 10), backend)
+    assert [(e.id, e.kind, e.target, e.text) for e in entries] == [
+        (1, "message", None, "A!"),
+        (3, "message", None, "c"),
+        (4, "edited", 1, "A!"),
+        (5, "deleted", 2, ""),
+    ]
+    latest = result_of(log.read_latest(room.pk, 10), backend)
+    assert [(m.id, m.text) for m in latest] == [(1, "A!"), (3, "c")]
+    assert latest[0].edited == entries[2].ts and latest[1].edited is None
+    assert result_of(log.find(room.pk, 1), backend).text == "A!"
+    assert result_of(log.find(room.pk, 2), backend) is None
+    # The database says the same, for a reader that does not have the window.
+    assert [(m.id, m.text) for m in archive.read_latest(room.pk, 10)] == [(1, "A!"), (3, "c")]
+    assert failure_of(log.append(room.pk, alice, "?", kind=EDITED, target=2), backend).check(NoSuchMessage)
+    assert result_of(log.last_id(room.pk), backend) == 5
 
 
 def test_log_fails_every_call_on_an_unknown_room(backend, alice):
@@ -281,7 +295,7 @@ def test_broker_hands_events_in_order_to_each_handler_of_the_room_only(backend, 
         result_of(broker.subscribe(room_id, h), backend)
     events = [
         ChatMessage(room.pk, 1, 0, "alice", "one"),
-        MessageDeleted(room.pk, 1),
+        ChatMessage(room.pk, 2, 0, "alice", "", kind=DELETED, target=1),
         ChatMessage(room.pk, 2, 0, "alice", "two"),
     ]
     broker.publish(room.pk, events[:2])
@@ -291,7 +305,7 @@ def test_broker_hands_events_in_order_to_each_handler_of_the_room_only(backend, 
     assert got["a"] == got["b"] == expected
     assert got["other"] == []
     broker.unsubscribe(room.pk, b)
-    broker.publish(room.pk, [ChatMessage(room.pk, 3, 0, "alice", "three")])
+    broker.publish(room.pk, [ChatMessage(room.pk, 4, 0, "alice", "three")])
     backend.settle()
     assert len(got["a"]) == 3 and len(got["b"]) == 2
 
@@ -387,9 +401,7 @@ def test_a_process_started_later_reads_recent_history_from_redis(redis_url, room
     for i in range(5):
         a.storage.log.append(room.pk, alice, f"m{i}")
     a.settle()
-    a.storage.log.forget(room.pk, 2)
-    room.messages.filter(seq=2).delete()
-    result_of(a.storage.log.last_id(room.pk), a)
+    result_of(a.storage.log.append(room.pk, alice, "", kind=DELETED, target=2), a)
     rows_read: list[str] = []
     for name in ("read_after", "read_latest", "read_between"):
         real = getattr(archive, name)
@@ -399,5 +411,5 @@ def test_a_process_started_later_reads_recent_history_from_redis(redis_url, room
     b = redis_backend(redis_url)
     latest = result_of(b.storage.log.read_latest(room.pk, 10), b)
     assert [m.id for m in latest] == [1, 3, 4, 5]
-    assert [m.id for m in result_of(b.storage.log.read_after(room.pk, 0, 10), b)] == [1, 3, 4, 5]
+    assert [m.id for m in result_of(b.storage.log.read_after(room.pk, 0, 10), b)] == [1, 3, 4, 5, 6]
     assert rows_read == [], "a deleted message's tombstone keeps the Redis window whole"

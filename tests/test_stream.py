@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from .server import (
+    EPHEMERAL,
     ChatServerProcess,
     cookie_header,
     login,
@@ -316,6 +317,11 @@ class EventStream:
 
     @property
     def events(self) -> list[Event]:
+        """What came, without presence and typing (``all_events`` has them)."""
+        return [event for event in self.parser.events if event.json.get("type") not in EPHEMERAL]
+
+    @property
+    def all_events(self) -> list[Event]:
         return list(self.parser.events)
 
     @property
@@ -340,7 +346,7 @@ class EventStream:
         return self.ids
 
     def wait_events(self, count: int, timeout: float = 10) -> list[Event]:
-        wait_for(lambda: len(self.parser.events) >= count, timeout, what=f"{count} events on the stream")
+        wait_for(lambda: len(self.events) >= count, timeout, what=f"{count} events on the stream")
         return self.events
 
 
@@ -551,7 +557,7 @@ def test_an_eventsource_that_loses_its_connection_misses_nothing_and_sees_nothin
         assert all(stream.parser.lines[1][0] == "id" for stream in source.responses[1:])
 
 
-def test_a_deleted_message_is_an_event_that_moves_no_cursor(server):
+def test_a_deletion_is_an_event_with_its_own_place_in_the_stream(server):
     admin, alice = login(server, "admin"), login(server, "alice")
     post_all(alice, server, LOBBY, ["keep me", "delete me"])
     with EventStream(server, LOBBY, since=0) as stream:
@@ -561,13 +567,15 @@ def test_a_deleted_message_is_an_event_that_moves_no_cursor(server):
         assert found, "the message is not listed in the admin"
         admin_delete(admin, server, f"/admin/chat/message/{found.group(1)}/delete/")
         wait_for(lambda: stream.data[-1]["type"] == "deleted", what="the deleted event")
-        assert stream.data[-1] == {"type": "deleted", "room": LOBBY, "id": 2}
-        # No id line: the event follows the blank line that ended the one before.
-        assert stream.parser.lines[-3][0] == "" and stream.parser.lines[-2][0] == "data"
-        assert stream.events[-1].last_event_id == "2"
+        assert stream.data[-1] == {"type": "deleted", "room": LOBBY, "id": 2, "seq": 3}
+        assert stream.events[-1].last_event_id == "3"
     with EventStream(server, LOBBY, since=0) as again:
-        wait_for(lambda: again.parser.last_event_id == "1", what="the history without it")
+        wait_for(lambda: again.parser.last_event_id == "3", what="the history and the deletion")
         assert again.ids == [1]
+        assert again.data[-1] == {"type": "deleted", "room": LOBBY, "id": 2, "seq": 3}
+    with EventStream(server, LOBBY, since=3) as resumed:
+        wait_for(lambda: resumed.parser.last_event_id == "3", what="the cursor")
+        assert resumed.ids == []
 
 
 def test_errors_before_the_stream_opens_are_json_with_the_status(server):

@@ -1,6 +1,8 @@
 """Tell the room core what Django changed behind its back, so open connections follow at once.
 
-- an admin deleted a message: it leaves history, and the room is told;
+- an admin deleted a message: its deletion is logged (``live.record_deletion``), so the
+  room is told and clients that resume later learn of it;
+- a user was banned from a room or every room, or let back in: the rooms are re-checked;
 - a room was edited or deleted, or its members changed: the directory forgets it, and the
   hub re-checks every client in it;
 - a browser logged out or in: its open connections are ended, to come back with the new
@@ -30,8 +32,9 @@ from django.core.signals import request_finished
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from chat.models import ChatRoom, Message
+from chat.models import Ban, ChatRoom, Message
 
+from . import live
 from .notices import Notices
 
 # Notices held until the response of the request being served in this thread is written.
@@ -58,9 +61,12 @@ def connect(reactor: Any, notices: Notices) -> None:
                 reactor.callFromThread(fn, *args)
 
     def message_deleted(sender: Any, instance: Message, origin: Any = None, **kwargs: Any) -> None:
-        if isinstance(origin, ChatRoom):
+        if isinstance(origin, ChatRoom) or instance.kind not in (Message.MESSAGE, Message.SYSTEM):
             return  # the room's deletion ends its subscriptions; no event per message first
-        tell(notices.message_deleted, instance.room_id, instance.seq)
+        live.record_deletion(instance.room_id, instance.seq)
+
+    def bans_changed(sender: Any, instance: Ban, **kwargs: Any) -> None:
+        tell(notices.tell, "bans_changed", instance.room_id)
 
     def room_changed(sender: Any, instance: ChatRoom, **kwargs: Any) -> None:
         tell(notices.room_changed, instance.pk)
@@ -100,6 +106,8 @@ def connect(reactor: Any, notices: Notices) -> None:
     post_delete.connect(message_deleted, sender=Message, weak=False, dispatch_uid="chat-hub-message")
     post_save.connect(room_changed, sender=ChatRoom, weak=False, dispatch_uid="chat-hub-room-save")
     post_delete.connect(room_changed, sender=ChatRoom, weak=False, dispatch_uid="chat-hub-room-delete")
+    post_save.connect(bans_changed, sender=Ban, weak=False, dispatch_uid="chat-hub-ban-save")
+    post_delete.connect(bans_changed, sender=Ban, weak=False, dispatch_uid="chat-hub-ban-delete")
     m2m_changed.connect(
         members_changed, sender=ChatRoom.members.through, weak=False, dispatch_uid="chat-hub-members"
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.python.failure import Failure
 
-from .storage.interfaces import StoreUnavailable, UnknownRoom
+from .storage.interfaces import NoSuchMessage, StoreUnavailable, UnknownRoom
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,12 @@ CODES: dict[str, tuple[int, bool]] = {
     "session_ended": (401, True),
     "not_authenticated": (403, False),
     "csrf_failed": (403, False),
+    "not_allowed": (403, False),
+    "banned": (403, False),
+    "disconnected": (403, False),
     "unknown_room": (404, False),
+    "no_such_message": (404, False),
+    "room_closed": (410, False),
     "method_not_allowed": (405, False),
     "request_timeout": (408, True),
     "too_large": (413, False),
@@ -79,6 +84,19 @@ def no_such_room(room: int | None = None, nonce: str | None = None) -> ProtocolE
     return ProtocolError("unknown_room", "no such room", nonce, room=room)
 
 
+_REFUSALS = {
+    "room_closed": "this room is closed",
+    "banned": "you are banned from this room",
+}
+
+
+def refused(code: str, room: int, nonce: str | None = None) -> ProtocolError:
+    """A room the client may not be in (``RoomInfo.refusal``), in words."""
+    if code == "unknown_room":
+        return no_such_room(room, nonce)
+    return ProtocolError(code, _REFUSALS[code], nonce, room=room)
+
+
 def rate_limited(
     wait: float, nonce: str | None = None, what: str = "messages", room: int | None = None
 ) -> ProtocolError:
@@ -93,6 +111,8 @@ def as_protocol_error(failure: Failure, nonce: str | None = None, room: int | No
         return failure.value
     if failure.check(UnknownRoom):
         return no_such_room(room, nonce)
+    if failure.check(NoSuchMessage):
+        return ProtocolError("no_such_message", "no such message", nonce, room=room)
     if failure.check(StoreUnavailable):
         return ProtocolError("unavailable", str(failure.value), nonce, room=room)
     log.error("a chat command failed: %s", failure.getTraceback())

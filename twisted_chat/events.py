@@ -1,5 +1,9 @@
 """What a room publishes, as one typed union, and each event's one JSON form on the wire.
 
+A room's log holds messages and changes to them (edits, deletions), each with its own
+place (``id``) in the room's sequence: a client that resumes after a place learns of the
+changes made since as well as the new messages. Presence and typing are not logged.
+
 Events are built once per process and shared by every client of the room; so are their
 encodings (a WebSocket frame, later an SSE event), which transports cache on the event with
 ``encoded``.
@@ -18,6 +22,7 @@ class Author:
 
     id: int
     username: str
+    is_staff: bool = False
 
 
 def _dumps(obj: dict[str, object]) -> str:
@@ -50,9 +55,16 @@ class _Encoded:
         return frame
 
 
+MESSAGE, SYSTEM, EDITED, DELETED = "message", "system", "edited", "deleted"
+
+
 @dataclass(slots=True)
 class ChatMessage(_Encoded):
-    """A committed message; ``id`` is its position in the room."""
+    """An entry of a room's log; ``id`` is its place in the room.
+
+    ``kind`` is a message (``user`` wrote ``text``), a system message (no author), or an
+    edit or deletion of the earlier message ``target``, made by ``user``.
+    """
 
     room: int = 0
     id: int = 0
@@ -61,9 +73,28 @@ class ChatMessage(_Encoded):
     text: str = ""
     user_id: int | None = field(default=None, compare=False)
     nonce: str = field(default="", compare=False)
+    kind: str = MESSAGE
+    target: int | None = None
+    edited: int | None = None
+
+    @property
+    def is_change(self) -> bool:
+        """An edit or deletion: it changes another entry rather than showing itself."""
+        return self.kind == EDITED or self.kind == DELETED
 
     def _wire(self) -> dict[str, object]:
-        return {
+        if self.kind == EDITED:
+            return {
+                "type": "edited",
+                "room": self.room,
+                "id": self.target,
+                "text": self.text,
+                "edited": self.ts,
+                "seq": self.id,
+            }
+        if self.kind == DELETED:
+            return {"type": "deleted", "room": self.room, "id": self.target, "seq": self.id}
+        wire: dict[str, object] = {
             "type": "message",
             "room": self.room,
             "id": self.id,
@@ -71,17 +102,38 @@ class ChatMessage(_Encoded):
             "user": self.user,
             "text": self.text,
         }
+        if self.edited is not None:
+            wire["edited"] = self.edited
+        if self.kind == SYSTEM:
+            wire["system"] = True
+        return wire
 
 
 @dataclass(slots=True)
-class MessageDeleted(_Encoded):
-    """A message was removed; it moves no cursor."""
+class PresenceUpdate(_Encoded):
+    """Who is in a room: everyone (``users``, on subscribing), or who came and went."""
 
     room: int = 0
-    id: int = 0
+    users: tuple[str, ...] | None = None
+    joined: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
 
     def _wire(self) -> dict[str, object]:
-        return {"type": "deleted", "room": self.room, "id": self.id}
+        if self.users is not None:
+            return {"type": "presence", "room": self.room, "users": list(self.users)}
+        return {"type": "presence", "room": self.room, "joined": list(self.joined), "left": list(self.left)}
 
 
-RoomEvent = ChatMessage | MessageDeleted
+@dataclass(slots=True)
+class Typing(_Encoded):
+    """Someone is typing in a room; it lapses by itself after a few seconds."""
+
+    room: int = 0
+    user: str = ""
+    user_id: int = field(default=0, compare=False)
+
+    def _wire(self) -> dict[str, object]:
+        return {"type": "typing", "room": self.room, "user": self.user}
+
+
+RoomEvent = ChatMessage | PresenceUpdate | Typing

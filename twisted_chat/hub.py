@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,9 +26,10 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, gatherResults, succeed
 from twisted.python.failure import Failure
 
-from .errors import ProtocolError, as_protocol_error, no_such_room, rate_limited
-from .events import Author, ChatMessage, MessageDeleted, RoomEvent
+from .errors import ProtocolError, as_protocol_error, no_such_room, rate_limited, refused
+from .events import EDITED, MESSAGE, SYSTEM, Author, ChatMessage, PresenceUpdate, RoomEvent, Typing
 from .limits import ConnectionLease, SendRateLimiter
+from .presence import PresenceTracker
 from .sessions import SessionCache
 from .storage.interfaces import Broker, MessageLog, RoomDirectory, RoomInfo, UnknownRoom
 
@@ -51,8 +53,9 @@ class Identity:
 class ClientSink(Protocol):
     """What a transport does with what the hub tells one client."""
 
-    def subscribed(self, room_id: int, last: int) -> None:
-        """The subscription exists; ``last`` is the room's newest id. Catch-up follows."""
+    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
+        """The subscription exists; ``last`` is the room's newest id, ``present`` who is
+        in the room (None without presence). Catch-up follows."""
 
     def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
         """Events in order: catch-up first, then live ones, never a message twice."""
@@ -69,6 +72,10 @@ class ClientSink(Protocol):
     def session_ended(self) -> None:
         """The session changed (logout, login, deactivation): reconnect with the current
         cookie. The client has already left every room."""
+
+    def disconnected(self, error: ProtocolError) -> None:
+        """A moderator ended the connection: say why, and close. The client has already
+        left every room."""
 
     def queued_bytes(self) -> int:
         """Bytes written but not yet taken by the network."""
@@ -100,7 +107,7 @@ class SubscriptionState(enum.Enum):
 
 
 class Subscription:
-    __slots__ = ("buffer", "client", "room_id", "sent", "since", "state")
+    __slots__ = ("buffer", "client", "present", "room_id", "sent", "since", "state")
 
     def __init__(self, client: Client, room_id: int, since: int | None):
         self.client = client
@@ -111,6 +118,8 @@ class Subscription:
         self.sent = 0
         # Live events that arrive while catching up, delivered after the history.
         self.buffer: list[RoomEvent] = []
+        # Whether the subscription counts its user as present in the room.
+        self.present = False
 
     @property
     def current(self) -> bool:
@@ -120,12 +129,26 @@ class Subscription:
 class Client:
     """One connection (a WebSocket, a parked poll) as the hub sees it."""
 
-    __slots__ = ("_lease", "_sends", "closed", "hub", "identity", "resume_after", "sink", "subscriptions")
+    __slots__ = (
+        "_lease",
+        "_sends",
+        "closed",
+        "hub",
+        "identity",
+        "linger",
+        "resume_after",
+        "sink",
+        "subscriptions",
+    )
 
-    def __init__(self, hub: RoomHub, sink: ClientSink, identity: Identity, lease: ConnectionLease):
+    def __init__(
+        self, hub: RoomHub, sink: ClientSink, identity: Identity, lease: ConnectionLease, linger: float
+    ):
         self.hub = hub
         self.sink = sink
         self.identity = identity
+        # How long its user stays present in a room after this connection leaves it.
+        self.linger = linger
         self.subscriptions: dict[int, Subscription] = {}
         # Per room left, the newest id this connection was already sent: subscribing again
         # resumes after it instead of sending the history a second time.
@@ -153,15 +176,29 @@ class Client:
             self.hub.leave(subscription)
 
     def send(self, room_id: int, text: str, nonce: str) -> Deferred[int]:
-        """Fires with the message id once committed.
+        """Fires with the message id once committed."""
+        return self._in_turn(lambda author, ack: self.hub.post(author, room_id, text, nonce, ack))
 
-        Sends are accepted one after another, so a client's messages keep its order: the
-        next is looked at only once the previous one has its id (or has failed).
-        """
+    def change(self, kind: str, room_id: int, message_id: int, text: str, nonce: str) -> Deferred[int]:
+        """Edit or delete a message, in turn with the sends; fires with the change's id."""
+        return self._in_turn(
+            lambda author, ack: self.hub.change(author, kind, room_id, message_id, text, nonce, ack)
+        )
+
+    def typing(self, room_id: int) -> None:
+        d = self.hub.authenticate(self.identity.session_key)
+        d.addCallback(lambda author: self.hub.typing(author, room_id))
+        d.addErrback(lambda failure: None)
+
+    def _in_turn(self, write: Callable[[Author | None, Deferred[int]], Deferred[None]]) -> Deferred[int]:
+        """Writes are accepted one after another, so a client's messages keep its order:
+        the next is looked at only once the previous one has its id (or has failed). Each
+        is checked against the session as it is then: a logout stops the next one."""
         ack: Deferred[int] = Deferred()
 
         def run(_: object) -> Deferred[None]:
-            return self.hub.accept_send(self, room_id, text, nonce, ack)
+            d = self.hub.sessions.author(self.identity.session_key).addCallback(write, ack)
+            return d.addErrback(ack.errback)
 
         if self._sends is None:
             self._sends = succeed(None)
@@ -225,6 +262,9 @@ class RoomHub:
         recent_count: int = 50,
         page_size: int = 500,
         max_backlog: int = 1024 * 1024,
+        presence: PresenceTracker | None = None,
+        edit_window: float = 900.0,
+        clock: Callable[[], float] | None = None,
     ):
         self.directory = directory
         self.log = message_log
@@ -238,6 +278,16 @@ class RoomHub:
         self.recent_count = recent_count
         self.page_size = page_size
         self.max_backlog = max_backlog
+        self.presence = presence
+        if presence is not None:
+            presence.announce = self._presence_changed
+        # How long an author may edit or delete their message (staff: always).
+        self.edit_window = edit_window
+        self._clock = clock or time.time
+        # Typing notices, per user and room: at most one every 2 s is passed on.
+        self._typing_limiter = SendRateLimiter(0.5, 1)
+        # Tells the other processes of a typing notice (``notices``); none with one process.
+        self.share_typing: Callable[[int, int, str], None] = lambda room_id, user_id, name: None
         self.paused: set[Client] = set()
         self.slow_consumers_dropped = 0
         self._rooms: dict[int, _Room] = {}
@@ -251,11 +301,13 @@ class RoomHub:
     def authenticate(self, session_key: str | None) -> Deferred[Author | None]:
         return self.sessions.author(session_key)
 
-    def connect(self, sink: ClientSink, identity: Identity) -> Deferred[Client]:
+    def connect(self, sink: ClientSink, identity: Identity, linger: float = 0.0) -> Deferred[Client]:
         """Admit a connection; fails with ProtocolError ``too_many_connections``.
 
         With Redis the user's connections are counted over every process, so admission
         may wait for it. A transport whose client left meanwhile closes the Client it gets.
+        ``linger``: how long its user stays present in a room after it leaves (a poll's
+        client leaves after every poll).
         """
         author_id = identity.author.id if identity.author is not None else None
         try:
@@ -263,11 +315,13 @@ class RoomHub:
         except ProtocolError as error:
             return fail(error)
         if isinstance(lease, Deferred):
-            return lease.addCallback(self._admitted, sink, identity)
-        return succeed(self._admitted(lease, sink, identity))
+            return lease.addCallback(self._admitted, sink, identity, linger)
+        return succeed(self._admitted(lease, sink, identity, linger))
 
-    def _admitted(self, lease: ConnectionLease, sink: ClientSink, identity: Identity) -> Client:
-        client = Client(self, sink, identity, lease)
+    def _admitted(
+        self, lease: ConnectionLease, sink: ClientSink, identity: Identity, linger: float
+    ) -> Client:
+        client = Client(self, sink, identity, lease, linger)
         for index, key in self._index_keys(client):
             index.setdefault(key, set()).add(client)
         return client
@@ -296,49 +350,120 @@ class RoomHub:
     def subscription_count(self) -> int:
         return sum(len(room.catching_up) + len(room.live) for room in self._rooms.values())
 
-    # --- sending ------------------------------------------------------------------------
-
-    def accept_send(
-        self, client: Client, room_id: int, text: str, nonce: str, ack: Deferred[int]
-    ) -> Deferred[None]:
-        """Check a client's send and hand it to the log; ``ack`` gets the outcome.
-
-        Fires (with None) once the log has the message, or once it was refused: that is
-        when the client's next send may be looked at.
-        """
-
-        def append(author: Author | None) -> Deferred[None]:
-            return self.post(author, room_id, text, nonce, ack)
-
-        d = self.sessions.author(client.identity.session_key).addCallback(append)
-        return d.addErrback(ack.errback)
+    # --- writing ------------------------------------------------------------------------
 
     def post(
         self, author: Author | None, room_id: int, text: str, nonce: str, ack: Deferred[int]
     ) -> Deferred[None]:
-        """Send as ``author``, already authenticated; as ``accept_send``."""
+        """Send a message as ``author`` (already authenticated); ``ack`` gets its id or
+        the refusal.
+
+        Fires (with None) once the log has the message, or once it was refused: that is
+        when the client's next write may be looked at.
+        """
+
+        def append(info: RoomInfo) -> None:
+            self.log.append(room_id, author, text, nonce).chainDeferred(ack)
+
+        return self._write(author, room_id, nonce, ack, append)
+
+    def change(
+        self,
+        author: Author | None,
+        kind: str,
+        room_id: int,
+        message_id: int,
+        text: str,
+        nonce: str,
+        ack: Deferred[int],
+    ) -> Deferred[None]:
+        """Edit or delete a message, as ``post``. Authors may change their own messages
+        within ``edit_window`` seconds; staff may delete any message and edit system ones."""
+
+        def allowed(message: ChatMessage | None) -> None:
+            assert author is not None
+            refusal = self._may_change(author, kind, message)
+            if refusal is not None:
+                raise ProtocolError(*refusal, nonce=nonce or None, room=room_id)
+            self.log.append(room_id, author, text, nonce, kind, message_id).chainDeferred(ack)
+
+        def find(info: RoomInfo) -> Deferred[None]:
+            return self.log.find(room_id, message_id).addCallback(allowed)
+
+        return self._write(author, room_id, nonce, ack, find)
+
+    def _may_change(self, author: Author, kind: str, message: ChatMessage | None) -> tuple[str, str] | None:
+        if message is None:
+            return ("no_such_message", "no such message")
+        if author.is_staff and (kind != EDITED or message.kind == SYSTEM or message.user_id == author.id):
+            return None
+        if message.user_id != author.id or message.kind != MESSAGE:
+            return ("not_allowed", "you can only change your own messages")
+        if self._clock() * 1000 - message.ts > self.edit_window * 1000:
+            minutes = max(1, round(self.edit_window / 60))
+            return ("not_allowed", f"messages can only be changed for {minutes} minutes after sending")
+        return None
+
+    def _write(
+        self,
+        author: Author | None,
+        room_id: int,
+        nonce: str,
+        ack: Deferred[int],
+        write: Callable[[RoomInfo], Deferred[None] | None],
+    ) -> Deferred[Any]:
+        """The checks every write passes: logged in, under the rate limit, allowed in the room."""
         reply_nonce = nonce or None
         if author is None:
             ack.errback(Failure(ProtocolError("not_authenticated", "log in to post", reply_nonce)))
             return succeed(None)
+
+        def in_room(wait: float) -> Deferred[Any]:
+            if wait:
+                ack.errback(Failure(rate_limited(wait, reply_nonce)))
+                return succeed(None)
+            d = self.directory.get(room_id).addCallback(self._allowed_in, author, room_id, reply_nonce)
+            return d.addCallback(write).addErrback(ack.errback)
+
         wait = self.send_limiter.retry_after(author.id)
         if isinstance(wait, Deferred):  # counted over every process, in Redis
-            return wait.addCallback(self._post_allowed, author, room_id, text, nonce, ack)
-        return self._post_allowed(wait, author, room_id, text, nonce, ack)
+            return wait.addCallback(in_room)
+        return in_room(wait)
 
-    def _post_allowed(
-        self, wait: float, author: Author, room_id: int, text: str, nonce: str, ack: Deferred[int]
-    ) -> Deferred[None]:
-        if wait:
-            ack.errback(Failure(rate_limited(wait, nonce or None)))
-            return succeed(None)
+    def _allowed_in(self, info: RoomInfo, author: Author | None, room_id: int, nonce: str | None) -> RoomInfo:
+        refusal = info.refusal(author)
+        if refusal is not None:
+            raise refused(refusal, room_id, nonce)
+        return info
 
-        def append(info: RoomInfo) -> None:
-            if not info.readable_by(author):
-                raise UnknownRoom(room_id)
-            self.log.append(room_id, author, text, nonce).chainDeferred(ack)
+    def post_system(self, room_id: int, text: str) -> Deferred[int]:
+        """A message from the site itself (no author), e.g. a moderator's notice."""
+        return self.log.append(room_id, None, text, kind=SYSTEM)
 
-        return self.directory.get(room_id).addCallback(append).addErrback(ack.errback)
+    def typing(self, author: Author | None, room_id: int) -> None:
+        """Tell the room that ``author`` is typing; never stored, at most one per 2 s per
+        user and room (the others are dropped: a client cannot tell them apart)."""
+        if author is None or self._typing_limiter.retry_after((author.id, room_id)):
+            return
+
+        def tell(info: RoomInfo) -> None:
+            if info.refusal(author) is None:
+                self.share_typing(room_id, author.id, author.username)
+                self.typing_elsewhere(room_id, author.id, author.username)
+
+        self.directory.get(room_id).addCallbacks(tell, lambda failure: None)
+
+    def typing_elsewhere(self, room_id: int, user_id: int, username: str) -> None:
+        """A typing notice (from this process or another): to the room's live clients here,
+        the typist's own excepted."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        event = [Typing(room_id, username, user_id)]
+        for subscription, deliver in tuple(room.live.items()):
+            author = subscription.client.identity.author
+            if author is None or author.id != user_id:
+                deliver(room_id, event)
 
     # --- joining and leaving ------------------------------------------------------------
 
@@ -371,14 +496,22 @@ class RoomHub:
         where the room is (None when the subscription is already gone)."""
         if not subscription.current:
             return succeed(None)
-        if not info.readable_by(subscription.client.identity.author):
-            raise UnknownRoom(info.id)
+        author = subscription.client.identity.author
         room_id = subscription.room_id
+        self._allowed_in(info, author, room_id, None)
         room = self._rooms.get(room_id)
         if room is None:
-            room = self._rooms[room_id] = _Room(self.broker.subscribe(room_id, self._publish))
+            followed = self.broker.subscribe(room_id, self._publish)
+            if self.presence is not None:
+                followed = gatherResults([followed, self.presence.follow(room_id)]).addCallback(
+                    lambda _: None
+                )
+            room = self._rooms[room_id] = _Room(followed)
         room.catching_up.add(subscription)
         subscription.state = SubscriptionState.CATCHING_UP
+        if self.presence is not None and author is not None:
+            subscription.present = True
+            self.presence.arrive(room_id, author)
         # Only events published after the broker has the subscription reach the buffer, so
         # the history is read after that.
         if room.subscribed:
@@ -391,7 +524,12 @@ class RoomHub:
         if last is None or not subscription.current:
             return None
         client, room_id = subscription.client, subscription.room_id
-        client.sink.subscribed(room_id, last)
+        present = None
+        if self.presence is not None:
+            # Who is here now; the changes already buffered are part of it.
+            present = PresenceUpdate(room_id, users=self.presence.users(room_id))
+            subscription.buffer = [e for e in subscription.buffer if not isinstance(e, PresenceUpdate)]
+        client.sink.subscribed(room_id, last, present)
         if subscription.since is None:
             latest = self.log.read_latest(room_id, self.recent_count)
             return latest.addCallback(self._caught_up, subscription, 0)
@@ -462,9 +600,15 @@ class RoomHub:
             self._remember_sent(client, subscription, room)
         room.catching_up.discard(subscription)
         room.live.pop(subscription, None)
+        if subscription.present and self.presence is not None:
+            author = client.identity.author
+            assert author is not None
+            self.presence.depart(room_id, author, client.linger)
         if not room:
             del self._rooms[room_id]
             self.broker.unsubscribe(room_id, self._publish)
+            if self.presence is not None:
+                self.presence.unfollow(room_id)
 
     def _remember_sent(self, client: Client, subscription: Subscription, room: _Room) -> None:
         """Note how far this client got in a room it leaves, in case it subscribes again."""
@@ -522,10 +666,8 @@ class RoomHub:
         client.close()
         client.sink.drop_slow()
 
-    def message_deleted(self, room_id: int, message_id: int) -> None:
-        """An admin deleted a message: leave it out of history and tell the room."""
-        self.log.forget(room_id, message_id)
-        self.broker.publish(room_id, [MessageDeleted(room_id, message_id)])
+    def _presence_changed(self, room_id: int, joined: tuple[str, ...], left: tuple[str, ...]) -> None:
+        self._publish(room_id, [PresenceUpdate(room_id, joined=joined, left=left)])
 
     # --- taking rights away ---------------------------------------------------------------
 
@@ -542,8 +684,9 @@ class RoomHub:
         if room is None:
             return
         for subscription in [*room.catching_up, *room.live]:
-            if not info.readable_by(subscription.client.identity.author):
-                self._end(subscription)
+            refusal = info.refusal(subscription.client.identity.author)
+            if refusal is not None:
+                self._end(subscription, refused(refusal, room_id))
 
     def _room_gone(self, failure: Failure, room_id: int) -> None:
         if not failure.check(UnknownRoom):
@@ -552,11 +695,24 @@ class RoomHub:
         room = self._rooms.get(room_id)
         if room is not None:
             for subscription in [*room.catching_up, *room.live]:
-                self._end(subscription)
+                self._end(subscription, no_such_room(room_id))
 
-    def _end(self, subscription: Subscription) -> None:
+    def _end(self, subscription: Subscription, error: ProtocolError) -> None:
         self.leave(subscription)
-        subscription.client.sink.subscription_ended(subscription.room_id, no_such_room(subscription.room_id))
+        subscription.client.sink.subscription_ended(subscription.room_id, error)
+
+    def disconnect_user(self, user_id: int, reason: str, room_id: int | None = None) -> None:
+        """A moderator's order: end the user's subscriptions to a room, or (with no room)
+        their connections, saying ``reason``."""
+        for client in list(self._by_user.get(user_id, ())):
+            if room_id is None:
+                if not client.closed:
+                    client.close()
+                    client.sink.disconnected(ProtocolError("disconnected", reason))
+            else:
+                subscription = client.subscriptions.get(room_id)
+                if subscription is not None:
+                    self._end(subscription, ProtocolError("disconnected", reason, room=room_id))
 
     def session_ended(self, session_key: str | None = None, browser_key: str | None = None) -> None:
         """A browser logged out or in: its open connections start over with its new cookie."""

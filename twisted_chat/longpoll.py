@@ -10,6 +10,7 @@ A client that leaves while parked is forgotten at once.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from . import wire
 from .errors import ProtocolError, as_protocol_error
-from .events import Author, ChatMessage, RoomEvent
+from .events import Author, ChatMessage, PresenceUpdate, RoomEvent
 from .http_json import error_body, header_text, json_body, query_arg
 from .hub import Client, Identity, RoomHub
 from .origins import OriginPolicy
@@ -80,7 +81,8 @@ class _Poll:
 
     # --- the hub's ClientSink -------------------------------------------------------------
 
-    def subscribed(self, room_id: int, last: int) -> None:
+    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
+        """Who is present goes in the answer as it is then, not as it is now."""
         self.cursor = last if self.since is None else min(self.since, last)
 
     def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
@@ -97,13 +99,13 @@ class _Poll:
             self.resource.delivered += delivered
             self.answer(body)
         elif self.timeout <= 0:
-            self.answer(_messages_body(room_id, self.cursor, []))
+            self.expire()
         else:
             self.resource.parked.add(self)
             self.timer = self.resource.reactor.callLater(self.timeout, self.expire)
 
     def expire(self) -> None:
-        self.answer(_messages_body(self.room_id, self.cursor, []))
+        self.answer(self.resource.empty_body(self.room_id, self.cursor))
 
     def subscribe_failed(self, room_id: int, error: ProtocolError) -> None:
         self.answer(b"", error)
@@ -113,6 +115,9 @@ class _Poll:
 
     def session_ended(self) -> None:
         self.answer(b"", ProtocolError("session_ended", "the session changed: poll again"))
+
+    def disconnected(self, error: ProtocolError) -> None:
+        self.answer(b"", error)
 
     def queued_bytes(self) -> int:
         return 0
@@ -136,9 +141,12 @@ class LongPollResource(Resource):
         default_timeout: float = 25,
         max_timeout: float = 60,
         max_response_chars: int = 1024 * 1024,
+        grace: float = 30,
     ):
         super().__init__()
         self.reactor = reactor
+        # A poller stays present this long after its last poll ended.
+        self._grace = grace
         self._hub = hub
         self._run_query = run_query
         self._origins = origins
@@ -200,7 +208,7 @@ class LongPollResource(Resource):
         if poll.done:
             return
         identity.author = author
-        d = self._hub.connect(poll, identity).addCallback(self._connected, poll)
+        d = self._hub.connect(poll, identity, self._grace).addCallback(self._connected, poll)
         d.addErrback(lambda failure: poll.answer(b"", as_protocol_error(failure)))
 
     def _connected(self, client: Client, poll: _Poll) -> None:
@@ -236,8 +244,19 @@ class LongPollResource(Resource):
             fresh = self._fit([e for e in events if not isinstance(e, ChatMessage) or e.id > cursor])
             messages = [e for e in fresh if isinstance(e, ChatMessage)]
             newest = messages[-1].id if messages else (cursor if last is None else last)
-            answer = self._bodies[cursor] = (_messages_body(room_id, newest, fresh), len(messages))
+            body = _messages_body(room_id, newest, fresh, self._present(room_id))
+            answer = self._bodies[cursor] = (body, len(messages))
         return answer
+
+    def empty_body(self, room_id: int, cursor: int) -> bytes:
+        return _messages_body(room_id, cursor, [], self._present(room_id))
+
+    def _present(self, room_id: int) -> str:
+        """Who is in the room as the answer is sent, as a JSON list; the presence events
+        in the same answer happened before it."""
+        presence = self._hub.presence
+        users = presence.users(room_id) if presence is not None else ()
+        return json.dumps(users, ensure_ascii=False, separators=(",", ":"))
 
     def _fit(self, events: Sequence[RoomEvent]) -> Sequence[RoomEvent]:
         """Cut a page so that a response stays near the size bound (always one event)."""
@@ -267,16 +286,25 @@ class LongPollResource(Resource):
         d.addErrback(self._fail, request)
         return NOT_DONE_YET
 
-    def _post(self, result: tuple[Author | None, dict[str, Any]], request: Request) -> Deferred[None]:
+    def _post(self, result: tuple[Author | None, dict[str, Any]], request: Request) -> Deferred[None] | None:
+        """Send a message (the default), edit or delete one, or say that one is typing."""
         author, fields = result
-        nonce = wire.parse_nonce(fields.get("nonce"))
-        room_id = wire.parse_room(fields.get("room"))
-        text = fields.get("text", fields.get("new_message"))
-        text = wire.clean_text(text, self._max_text_length)
+        if "text" not in fields and "new_message" in fields:
+            fields["text"] = fields["new_message"]  # the original tutorial's field
+        command = wire.parse_write(fields.get("type", "send"), fields, self._max_text_length)
+        if isinstance(command, wire.Typing):
+            if author is None:
+                raise ProtocolError("not_authenticated", "log in to post")
+            self._hub.typing(author, command.room)
+            _finish(request, json_body(request, {"room": command.room}))
+            return None
         ack: Deferred[int] = Deferred()
-        self._hub.post(author, room_id, text, nonce, ack)
+        if isinstance(command, wire.Send):
+            self._hub.post(author, command.room, command.text, command.nonce, ack)
+        else:
+            self._hub.change(author, command.kind, command.room, command.id, command.text, command.nonce, ack)
         return ack.addCallback(
-            lambda message_id: _finish(request, json_body(request, {"room": room_id, "id": message_id}))
+            lambda entry_id: _finish(request, json_body(request, wire.ack(command, entry_id)))
         )
 
     def _fail(self, failure: Failure, request: Request) -> None:
@@ -308,9 +336,9 @@ def _read_fields(author: Author | None, django_request: Any) -> tuple[Author | N
     raise ProtocolError("unsupported_media_type", "send application/json or a form")
 
 
-def _messages_body(room_id: int, last: int, events: Sequence[RoomEvent]) -> bytes:
+def _messages_body(room_id: int, last: int, events: Sequence[RoomEvent], present: str) -> bytes:
     listed = ",".join(e.json for e in events)
-    return f'{{"room":{room_id},"last":{last},"messages":[{listed}]}}'.encode()
+    return f'{{"room":{room_id},"last":{last},"messages":[{listed}],"presence":{present}}}'.encode()
 
 
 def _finish_error(request: Request, error: ProtocolError) -> None:

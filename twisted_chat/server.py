@@ -25,7 +25,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IProtocolFactory
 
-from . import django_signals
+from . import django_signals, live
 from .access import AccessLog
 from .django_resource import DjangoResource
 from .health import HealthResource
@@ -35,6 +35,7 @@ from .longpoll import LongPollResource
 from .metrics import ChatMetrics, MetricsResource
 from .notices import Notices
 from .origins import OriginPolicy
+from .presence import PresenceTracker
 from .redis_limits import SharedConnectionLimits, SharedSendRateLimiter
 from .sessions import SessionCache
 from .site import build_ops_site, build_site
@@ -131,6 +132,11 @@ class ChatServer(MultiService):
             broker,
             presence,
         )
+        # A process's entries outlive it by half the grace period, and are re-read a sixth of
+        # it apart: a dead process's users leave within the grace period.
+        self.presence = PresenceTracker(
+            reactor, self.storage.presence, self.process_id, ttl=settings.CHAT_PRESENCE_GRACE / 2
+        )
         self.hub = RoomHub(
             self.storage.directory,
             self.storage.log,
@@ -143,8 +149,12 @@ class ChatServer(MultiService):
             recent_count=settings.CHAT_RECENT_COUNT,
             page_size=settings.CHAT_POLL_PAGE_SIZE,
             max_backlog=settings.CHAT_MAX_WS_BACKLOG_BYTES,
+            presence=self.presence,
+            edit_window=settings.CHAT_EDIT_WINDOW,
         )
-        self.notices = Notices(self.hub, self.storage.directory, self.redis, self.process_id)
+        self.notices = Notices(
+            self.hub, self.storage.directory, self.message_log, self.redis, self.process_id
+        )
         django_signals.connect(reactor, self.notices)
 
         descriptors = raise_descriptor_limit()
@@ -174,6 +184,7 @@ class ChatServer(MultiService):
             default_timeout=settings.CHAT_POLL_TIMEOUT,
             max_timeout=settings.CHAT_POLL_MAX_TIMEOUT,
             max_response_chars=settings.CHAT_MAX_POLL_RESPONSE_CHARS,
+            grace=settings.CHAT_PRESENCE_GRACE,
         )
         self.streams = StreamResource(
             reactor,
@@ -182,6 +193,7 @@ class ChatServer(MultiService):
             max_bytes=settings.CHAT_STREAM_MAX_BYTES,
             heartbeat=settings.CHAT_STREAM_HEARTBEAT,
             retry_ms=settings.CHAT_STREAM_RETRY_MS,
+            linger=min(10, settings.CHAT_PRESENCE_GRACE),
         )
         self.site = build_site(
             DjangoResource(reactor, WSGIHandler(), self.wsgi_threads, self.password_threads),
@@ -245,6 +257,8 @@ class ChatServer(MultiService):
         get_resolver().url_patterns  # noqa: B018 - imports every view module now
         gc.freeze()
         super().startService()
+        self.presence.start()
+        live.serve(self.reactor, self.notices, self.presence)
         if self.shared_connections is not None:
             self.shared_connections.start()
 
@@ -255,6 +269,7 @@ class ChatServer(MultiService):
         closed = self.websockets.going_away("server shutting down: reconnect and resume")
         self.longpoll.release_all()
         self.streams.release_all()
+        self.presence.stop()
         yield self.message_log.close()
         if self.redis is not None:
             if self.shared_connections is not None:

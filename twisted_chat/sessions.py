@@ -33,7 +33,7 @@ def _no_response(request: HttpRequest) -> HttpResponse:
 def _author(user: Any) -> Author | None:
     if user is None or not user.is_authenticated or not user.is_active:
         return None
-    return Author(user.pk, user.get_username())
+    return Author(user.pk, user.get_username(), user.is_staff)
 
 
 def keys_from_cookies(cookie_header: str) -> tuple[str | None, str | None]:

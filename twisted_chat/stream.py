@@ -29,7 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from . import wire
 from .eager_write import queued_bytes, write_now
 from .errors import ProtocolError, as_protocol_error
-from .events import Author, ChatMessage, RoomEvent
+from .events import Author, ChatMessage, PresenceUpdate, RoomEvent
 from .http_json import error_body, header_text, query_arg
 from .hub import Client, Identity, RoomHub
 from .origins import OriginPolicy
@@ -160,7 +160,7 @@ class _Stream:
 
     # --- the hub's ClientSink -------------------------------------------------------------
 
-    def subscribed(self, room_id: int, last: int) -> None:
+    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
         if self.done or not can_answer(self.request):
             return
         request = self.request
@@ -183,7 +183,7 @@ class _Stream:
             preamble += b"id: %d\n" % min(self.since, last)
             self.placed = True
         event = {"type": "subscribed", "room": room_id, "last": last}
-        self.write(preamble + _json_event(event))
+        self.write(preamble + _json_event(event) + (event_bytes(present) if present is not None else b""))
 
     def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
         if self.done:
@@ -216,6 +216,10 @@ class _Stream:
         error = ProtocolError("session_ended", "the session changed: reconnect")
         self.end(b"retry: 0\n" + _json_event(error.as_ws_frame()), error)
 
+    def disconnected(self, error: ProtocolError) -> None:
+        """A moderator ended the stream: the browser is told not to come back."""
+        self.end(b"retry: 86400000\n" + _json_event(error.as_ws_frame()), error)
+
     def queued_bytes(self) -> int:
         return queued_bytes(self._tcp)
 
@@ -239,8 +243,11 @@ class StreamResource(Resource):
         heartbeat: float = 15,
         retry_ms: int = 2000,
         recycle_retry_ms: int = 100,
+        linger: float = 10,
     ):
         super().__init__()
+        # A stream's user stays present over its reconnects (recycling, a dropped line).
+        self.linger = linger
         self.reactor = reactor
         self._hub = hub
         self._origins = origins
@@ -287,7 +294,7 @@ class StreamResource(Resource):
         if stream.done:
             return
         identity.author = author
-        d = self._hub.connect(stream, identity).addCallback(self._connected, stream)
+        d = self._hub.connect(stream, identity, self.linger).addCallback(self._connected, stream)
         d.addErrback(lambda failure: stream.fail(as_protocol_error(failure)))
 
     def _connected(self, client: Client, stream: _Stream) -> None:

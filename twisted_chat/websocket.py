@@ -25,7 +25,7 @@ from . import wire
 from .access import AccessLog
 from .eager_write import queued_bytes, write_now
 from .errors import ProtocolError, as_protocol_error
-from .events import Author, RoomEvent
+from .events import Author, PresenceUpdate, RoomEvent
 from .http_json import error_body, raw_error_response
 from .hub import Client, Identity, RoomHub
 from .limits import ConnectionGate
@@ -44,6 +44,8 @@ _HANDSHAKE_CODES = {400: "bad_request", 403: "csrf_failed", 426: "upgrade_requir
 # Close codes of our own (docs/protocol.md).
 SESSION_CHANGED_CLOSE_CODE = 4001
 SLOW_CONSUMER_CLOSE_CODE = 4008
+# A moderator ended the connection: the client should not come back by itself.
+DISCONNECTED_CLOSE_CODE = 4003
 
 
 class ChatWebSocketProtocol(WebSocketServerProtocol):
@@ -173,6 +175,13 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
             ack.addCallbacks(
                 self._acknowledge, self._refused, callbackArgs=(command,), errbackArgs=(command,)
             )
+        elif isinstance(command, wire.Change):
+            ack = client.change(command.kind, command.room, command.id, command.text, command.nonce)
+            ack.addCallbacks(
+                self._acknowledge, self._refused, callbackArgs=(command,), errbackArgs=(command,)
+            )
+        elif isinstance(command, wire.Typing):
+            client.typing(command.room)
         elif isinstance(command, wire.Subscribe):
             client.subscribe(command.room, command.since)
         else:
@@ -183,19 +192,20 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
             else:
                 self.send_json({"type": "unsubscribed", "room": command.room})
 
-    def _acknowledge(self, message_id: int, command: wire.Send) -> None:
-        reply: dict[str, Any] = {"type": "ack", "room": command.room, "id": message_id}
-        if command.nonce:
-            reply["nonce"] = command.nonce
+    def _acknowledge(self, entry_id: int, command: wire.Send | wire.Change) -> None:
+        reply = wire.ack(command, entry_id)
+        reply["type"] = "ack"
         self.send_json(reply)
 
-    def _refused(self, failure: Failure, command: wire.Send) -> None:
+    def _refused(self, failure: Failure, command: wire.Send | wire.Change) -> None:
         self.send_error(as_protocol_error(failure, command.nonce or None))
 
     # --- the hub's ClientSink -------------------------------------------------------------
 
-    def subscribed(self, room_id: int, last: int) -> None:
+    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
         self.send_json({"type": "subscribed", "room": room_id, "last": last})
+        if present is not None:
+            self.deliver(room_id, (present,))
 
     def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
         if self.state == _OPEN:
@@ -219,6 +229,10 @@ class ChatWebSocketProtocol(WebSocketServerProtocol):
 
     def session_ended(self) -> None:
         self.sendClose(SESSION_CHANGED_CLOSE_CODE, "session changed: reconnect")
+
+    def disconnected(self, error: ProtocolError) -> None:
+        self.send_error(error)
+        self.sendClose(DISCONNECTED_CLOSE_CODE, error.message[:100])
 
     def queued_bytes(self) -> int:
         return queued_bytes(self.transport)

@@ -52,6 +52,25 @@ class Send:
     nonce: str
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An edit (``text`` given) or a deletion of message ``id``."""
+
+    kind: str
+    room: int
+    id: int
+    text: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: int
+
+
+Command = Subscribe | Unsubscribe | Send | Change | Typing
+
+
 def parse_room(value: Any) -> int:
     """A room id from JSON (int) or a query string (digits)."""
     room = _parse_int(value, "room")
@@ -152,23 +171,52 @@ def parse_json(data: bytes | str, what: str) -> Any:
         raise ProtocolError("bad_request", f"{what} is not valid JSON") from None
 
 
-def parse_client_frame(payload: bytes, max_text_length: int) -> Subscribe | Unsubscribe | Send:
+def parse_client_frame(payload: bytes, max_text_length: int) -> Command:
     """One WebSocket text frame (already valid UTF-8) into a command."""
     frame = parse_json(payload, "frame")
     if not isinstance(frame, dict):
         raise ProtocolError("bad_request", "frame must be a JSON object")
     kind = frame.get("type")
-    if kind == "send":
-        nonce = parse_nonce(frame.get("nonce"))
-        reply_nonce = nonce or None
-        try:
-            room = parse_room(frame.get("room"))
-        except ProtocolError as error:
-            error.nonce = reply_nonce
-            raise
-        return Send(room, clean_text(frame.get("text"), max_text_length, reply_nonce), nonce)
     if kind == "subscribe":
         return Subscribe(parse_room(frame.get("room")), parse_since(frame.get("since")))
     if kind == "unsubscribe":
         return Unsubscribe(parse_room(frame.get("room")))
-    raise ProtocolError("bad_request", "'type' must be one of subscribe, unsubscribe, send")
+    return parse_write(kind, frame, max_text_length)
+
+
+WRITES = ("send", "edit", "delete", "typing")
+
+
+def parse_write(kind: Any, fields: dict[str, Any], max_text_length: int) -> Send | Change | Typing:
+    """A command that writes to a room, from a WebSocket frame or a ``POST /poll`` body."""
+    if kind not in WRITES:
+        expected = ", ".join(("subscribe", "unsubscribe", *WRITES))
+        raise ProtocolError("bad_request", f"'type' must be one of {expected}")
+    if kind == "typing":
+        return Typing(parse_room(fields.get("room")))
+    nonce = parse_nonce(fields.get("nonce"))
+    reply_nonce = nonce or None
+    try:
+        room = parse_room(fields.get("room"))
+        message_id = None if kind == "send" else _parse_int(fields.get("id"), "id")
+    except ProtocolError as error:
+        error.nonce = reply_nonce
+        raise
+    if kind == "send":
+        return Send(room, clean_text(fields.get("text"), max_text_length, reply_nonce), nonce)
+    if not message_id:
+        raise ProtocolError("bad_request", "'id' must be the id of a message", reply_nonce)
+    text = clean_text(fields.get("text"), max_text_length, reply_nonce) if kind == "edit" else ""
+    return Change("edited" if kind == "edit" else "deleted", room, message_id, text, nonce)
+
+
+def ack(command: Send | Change, entry_id: int) -> dict[str, Any]:
+    """What a write is answered with once committed (a WebSocket ``ack``, a POST's body):
+    a message's id, or for a change the message's id and the change's own place."""
+    if isinstance(command, Send):
+        reply: dict[str, Any] = {"room": command.room, "id": entry_id}
+    else:
+        reply = {"room": command.room, "id": command.id, "seq": entry_id}
+    if command.nonce:
+        reply["nonce"] = command.nonce
+    return reply

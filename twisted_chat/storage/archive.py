@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 
-from chat.models import ChatRoom, Message
+from chat.models import Ban, ChatRoom, Message
 
-from ..events import ChatMessage
-from .interfaces import CachedWindow, RoomInfo, UnknownRoom
+from ..events import EDITED, MESSAGE, SYSTEM, ChatMessage
+from .interfaces import CachedWindow, NoSuchMessage, RoomInfo, UnknownRoom
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,10 @@ class Duplicate:
     message_id: int
 
 
-Outcome = Stored | Duplicate | UnknownRoom
+Outcome = Stored | Duplicate | UnknownRoom | NoSuchMessage
+
+# The kinds of entry that are messages, rather than changes to one.
+SHOWN = (MESSAGE, SYSTEM)
 
 
 def _to_chat_message(row: Message) -> ChatMessage:
@@ -51,10 +54,13 @@ def _to_chat_message(row: Message) -> ChatMessage:
         text=row.text,
         user_id=row.user_id,
         nonce=row.nonce,
+        kind=row.kind,
+        target=row.target,
+        edited=row.edited,
     )
 
 
-_FIELDS = ("room_id", "seq", "ts", "username", "text", "user_id", "nonce")
+_FIELDS = ("room_id", "seq", "ts", "username", "text", "user_id", "nonce", "kind", "target", "edited")
 
 
 def load_room_info(room_id: int) -> RoomInfo:
@@ -63,7 +69,14 @@ def load_room_info(room_id: int) -> RoomInfo:
     except ChatRoom.DoesNotExist:
         raise UnknownRoom(room_id) from None
     members = frozenset(room.members.values_list("pk", flat=True)) if room.is_private else frozenset()
-    return RoomInfo(room.pk, room.name, room.is_private, members)
+    banned = Ban.objects.filter(models.Q(room=room) | models.Q(room=None)).values_list("user_id", flat=True)
+    return RoomInfo(room.pk, room.name, room.is_private, members, room.is_closed, frozenset(banned))
+
+
+def read_message(room_id: int, message_id: int) -> ChatMessage | None:
+    """A message (not a change) as it is now, or None if there is none under that id."""
+    row = Message.objects.filter(room_id=room_id, seq=message_id, kind__in=SHOWN).only(*_FIELDS).first()
+    return None if row is None else _to_chat_message(row)
 
 
 def load_room(room_id: int, window: int, cached: CachedWindow | None = None) -> RoomSnapshot:
@@ -97,7 +110,8 @@ def read_after(room_id: int, since: int, limit: int) -> list[ChatMessage]:
 
 
 def read_latest(room_id: int, limit: int) -> list[ChatMessage]:
-    rows = Message.objects.filter(room_id=room_id).order_by("-seq").only(*_FIELDS)[:limit]
+    """The newest messages, as they are now (edited text; deleted ones are gone)."""
+    rows = Message.objects.filter(room_id=room_id, kind__in=SHOWN).order_by("-seq").only(*_FIELDS)[:limit]
     return [_to_chat_message(row) for row in reversed(rows)]
 
 
@@ -128,7 +142,8 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Outcome]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_lock_rooms_sql(len(room_ids)), room_ids)
         high_water = dict(cursor.fetchall())
-        outcomes = _number(messages, dict(high_water))
+        gone = _changes_of_nothing(cursor, messages)
+        outcomes = _number(messages, dict(high_water), gone)
         pairs = zip(messages, outcomes, strict=True)
         rows = [_to_params(m, o.message_id) for m, o in pairs if isinstance(o, Stored)]
         try:
@@ -137,7 +152,8 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Outcome]:
         except IntegrityError:
             # A nonce stored before this process remembered it (perhaps by another
             # process): write one by one to find it, and number the rest again.
-            outcomes = _write_one_by_one(cursor, messages, dict(high_water))
+            outcomes = _write_one_by_one(cursor, messages, dict(high_water), gone)
+        _apply_changes(cursor, messages, outcomes)
         newest = dict(high_water)
         for message, outcome in zip(messages, outcomes, strict=True):
             if isinstance(outcome, Stored):
@@ -147,22 +163,60 @@ def write_batch(messages: Sequence[ChatMessage]) -> list[Outcome]:
     return outcomes
 
 
-def _number(messages: Sequence[ChatMessage], next_id: dict[int, int]) -> list[Outcome]:
+def _changes_of_nothing(cursor: Any, entries: Sequence[ChatMessage]) -> set[int]:
+    """The edits (by position in ``entries``) whose message is not there, or is deleted
+    earlier in the same batch: they are refused, and take no id. A deletion is always
+    logged: its message may already be gone from the database (an admin deleted the row)."""
+    changes = [(i, e) for i, e in enumerate(entries) if e.is_change]
+    if not changes:
+        return set()
+    wanted = {(e.room, e.target) for _, e in changes}
+    cursor.execute(_existing_sql(len(wanted)), [*SHOWN, *(v for pair in wanted for v in pair)])
+    existing = {(room, seq) for room, seq in cursor.fetchall()}
+    refused: set[int] = set()
+    for index, entry in changes:
+        key = (entry.room, entry.target)
+        if entry.kind != EDITED:
+            existing.discard(key)
+        elif key not in existing:
+            refused.add(index)
+    return refused
+
+
+def _apply_changes(cursor: Any, entries: Sequence[ChatMessage], outcomes: Sequence[Outcome]) -> None:
+    """Make the stored edits and deletions true of the messages themselves, so history
+    read later shows the new text, and a deleted text is gone from the database."""
+    for entry, outcome in zip(entries, outcomes, strict=True):
+        if entry.is_change and isinstance(outcome, Stored):
+            if entry.kind == EDITED:
+                cursor.execute(_EDIT, (entry.text, entry.ts, entry.room, entry.target))
+            else:
+                cursor.execute(_DELETE, (entry.room, entry.target))
+
+
+def _number(messages: Sequence[ChatMessage], next_id: dict[int, int], gone: set[int]) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    for message in messages:
+    for index, message in enumerate(messages):
         if message.room not in next_id:
             outcomes.append(UnknownRoom(message.room))
+        elif index in gone:
+            outcomes.append(NoSuchMessage(message.room, message.target))
         else:
             next_id[message.room] += 1
             outcomes.append(Stored(next_id[message.room]))
     return outcomes
 
 
-def _write_one_by_one(cursor: Any, messages: Sequence[ChatMessage], next_id: dict[int, int]) -> list[Outcome]:
+def _write_one_by_one(
+    cursor: Any, messages: Sequence[ChatMessage], next_id: dict[int, int], gone: set[int]
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    for message in messages:
+    for index, message in enumerate(messages):
         if message.room not in next_id:
             outcomes.append(UnknownRoom(message.room))
+            continue
+        if index in gone:
+            outcomes.append(NoSuchMessage(message.room, message.target))
             continue
         try:
             with transaction.atomic():
@@ -183,12 +237,22 @@ def _write_one_by_one(cursor: Any, messages: Sequence[ChatMessage], next_id: dic
 
 
 _ROOMS = connection.ops.quote_name(ChatRoom._meta.db_table)
+_MESSAGES = connection.ops.quote_name(Message._meta.db_table)
 # One parameterised INSERT for the whole batch: the ORM's bulk_create spends far more
 # Python per row.
 _INSERT = (
-    f"INSERT INTO {connection.ops.quote_name(Message._meta.db_table)} "
-    "(room_id, seq, ts, username, text, user_id, nonce) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    f"INSERT INTO {_MESSAGES} (room_id, seq, ts, username, text, user_id, nonce, kind, target) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+_EDIT = f"UPDATE {_MESSAGES} SET text = %s, edited = %s WHERE room_id = %s AND seq = %s"
+_DELETE = f"DELETE FROM {_MESSAGES} WHERE room_id = %s AND seq = %s"
+
+
+def _existing_sql(count: int) -> str:
+    pairs = " OR ".join(["(room_id = %s AND seq = %s)"] * count)
+    return f"SELECT room_id, seq FROM {_MESSAGES} WHERE kind IN (%s, %s) AND ({pairs})"
+
+
 _SET_HIGH_WATER = f"UPDATE {_ROOMS} SET last_message_id = %s WHERE id = %s"
 
 
@@ -199,7 +263,17 @@ def _lock_rooms_sql(count: int) -> str:
 
 
 def _to_params(message: ChatMessage, seq: int) -> tuple[object, ...]:
-    return (message.room, seq, message.ts, message.user, message.text, message.user_id, message.nonce)
+    return (
+        message.room,
+        seq,
+        message.ts,
+        message.user,
+        message.text,
+        message.user_id,
+        message.nonce,
+        message.kind,
+        message.target,
+    )
 
 
 def ping() -> None:

@@ -33,6 +33,10 @@ class UnknownRoom(Exception):
     """The room does not exist (or no longer does)."""
 
 
+class NoSuchMessage(Exception):
+    """An edit or deletion names a message the room does not have (or no longer has)."""
+
+
 class StoreUnavailable(Exception):
     """The storage could not do what was asked; nothing was accepted."""
 
@@ -43,16 +47,29 @@ class RoomInfo:
     name: str
     is_private: bool = False
     member_ids: frozenset[int] = frozenset()
+    is_closed: bool = False
+    # Users banned from this room, or from every room.
+    banned_ids: frozenset[int] = frozenset()
 
     def readable_by(self, author: Author | None) -> bool:
         """The rule the Django pages use too (``ChatRoom.is_visible_to``)."""
         return room_readable(self.is_private, author is not None and author.id in self.member_ids)
 
+    def refusal(self, author: Author | None) -> str | None:
+        """Why ``author`` may not be in the room now (an error code), or None."""
+        if not self.readable_by(author):
+            return "unknown_room"
+        if self.is_closed:
+            return "room_closed"
+        if author is not None and author.id in self.banned_ids:
+            return "banned"
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class CachedWindow:
-    """A room's recent messages as a shared cache holds them: every id from ``first_id``
-    on, except those deleted."""
+    """A room's recent entries as a shared cache holds them: every id from ``first_id`` on
+    (a message deleted since is still there, followed by its deletion)."""
 
     first_id: int
     messages: list[ChatMessage]
@@ -85,21 +102,35 @@ class MessageLog(Protocol):
     def last_id(self, room_id: int) -> Deferred[int]:
         """The newest committed id (0 when empty); fails with UnknownRoom."""
 
-    def append(self, room_id: int, author: Author, text: str, nonce: str = "") -> Deferred[int]:
-        """Fires with the message's id once it is committed and handed on.
+    def append(
+        self,
+        room_id: int,
+        author: Author | None,
+        text: str,
+        nonce: str = "",
+        kind: str = "message",
+        target: int | None = None,
+    ) -> Deferred[int]:
+        """Fires with the entry's id once it is committed and handed on.
 
-        A repeated (author, nonce) in a room fires with the first message's id and adds
-        nothing. Fails with StoreUnavailable when the message could not be made durable.
+        ``kind`` is a message, a system message (no author), or an edit or deletion of
+        message ``target`` (fails with NoSuchMessage if the room has no such message).
+        A repeated (author, nonce) in a room fires with the first entry's id and adds
+        nothing. Fails with StoreUnavailable when the entry could not be made durable.
         """
 
+    def find(self, room_id: int, message_id: int) -> Deferred[ChatMessage | None]:
+        """A message as it is now (edited text), or None: no such message, or deleted."""
+
     def read_after(self, room_id: int, since: int, limit: int) -> Deferred[list[ChatMessage]]:
-        """Committed messages with id > since, oldest first, at most limit."""
+        """Committed entries (changes too) with id > since, oldest first, at most limit."""
 
     def read_latest(self, room_id: int, limit: int) -> Deferred[list[ChatMessage]]:
-        """The newest committed messages, oldest first."""
+        """The newest committed messages as they are now, oldest first; no changes."""
 
-    def forget(self, room_id: int, message_id: int) -> None:
-        """A message was deleted from the database: leave it out of every later read."""
+    def fill(self, room_id: int, until: int) -> None:
+        """Entries up to ``until`` were committed straight to the database (by Django code):
+        hand them on like any other."""
 
     def close(self) -> Deferred[None]:
         """Finish writing everything accepted; accept no more."""
@@ -130,10 +161,7 @@ class MessageFeed(Protocol):
         """Fires once other processes can have the messages, or the feed gave up."""
 
     def recent(self, room_id: int, limit: int) -> Deferred[CachedWindow | None]:
-        """What the feed keeps of the room's newest messages (None: nothing it can vouch for)."""
-
-    def forget(self, room_id: int, message_id: int) -> None:
-        """A message was deleted: drop it from what ``recent`` returns."""
+        """What the feed keeps of the room's newest entries (None: nothing it can vouch for)."""
 
 
 RoomHandler = Callable[[int, Sequence[RoomEvent]], None]

@@ -17,6 +17,7 @@ message whose publisher died before publishing and which no later message reveal
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from ..events import Author, ChatMessage
+from ..events import EDITED, MESSAGE, Author, ChatMessage
 from . import archive
 from .group_commit import GroupCommitWriter
 from .interfaces import CommittedListener, MessageFeed, RunInThread, StoreUnavailable
@@ -44,12 +45,14 @@ def _message_id(message: ChatMessage) -> int:
 
 
 class _RoomLog:
-    """One room's in-memory state: the window, what is held back, nonces seen recently."""
+    """One room's in-memory state: the window, what is held back, nonces seen recently.
+
+    The window holds the room's newest entries, changes included, with every message as it
+    is now: an edit replaces its message there, a deletion removes it."""
 
     __slots__ = (
         "capacity",
         "complete_from",
-        "deleted",
         "filling",
         "held",
         "inflight",
@@ -62,7 +65,9 @@ class _RoomLog:
 
     def __init__(self, snapshot: archive.RoomSnapshot, capacity: int):
         self.last_id = snapshot.last_id
-        self.window: list[ChatMessage] = list(snapshot.recent)
+        self.window: list[ChatMessage] = []
+        for entry in snapshot.recent:
+            self._keep(entry)
         self.capacity = capacity
         # Every committed message with an id >= complete_from is in the window.
         self.complete_from = snapshot.complete_from
@@ -73,8 +78,6 @@ class _RoomLog:
         self.pending = 0
         # Committed messages that arrived before their predecessors, by id.
         self.held: dict[int, ChatMessage] = {}
-        # Ids above last_id deleted before they arrived.
-        self.deleted: set[int] = set()
         # Acknowledgements waiting for their id to be handed on.
         self.waiters: list[tuple[int, list[Deferred[int]]]] = []
         self.filling = False
@@ -88,11 +91,8 @@ class _RoomLog:
         ready: list[ChatMessage] = []
         for message in messages:
             if message.id == self.last_id + 1 and not self.held:
-                if self._deleted(message.id):
-                    self.last_id = message.id
-                else:
-                    self._commit(message)
-                    ready.append(message)
+                self._commit(message)
+                ready.append(message)
             elif message.id > self.last_id:
                 self.held.setdefault(message.id, message)
         if self.held:
@@ -111,20 +111,11 @@ class _RoomLog:
 
     def _take(self, message_id: int, ready: list[ChatMessage]) -> None:
         message = self.held.pop(message_id)
-        if self._deleted(message_id):
-            self.last_id = message_id
-        else:
-            self._commit(message)
-            ready.append(message)
-
-    def _deleted(self, message_id: int) -> bool:
-        if message_id in self.deleted:
-            self.deleted.discard(message_id)
-            return True
-        return False
+        self._commit(message)
+        ready.append(message)
 
     def _commit(self, message: ChatMessage) -> None:
-        self.window.append(message)
+        self._keep(message)
         self.last_id = message.id
         if message.nonce:
             self.remember_nonce((message.user_id, message.nonce), message.id)
@@ -147,6 +138,25 @@ class _RoomLog:
         if len(self.nonces) > 2 * self.capacity:
             self.nonces.popitem(last=False)
 
+    def _keep(self, entry: ChatMessage) -> None:
+        """Add an entry to the window, and apply it to its message if it is a change."""
+        self.window.append(entry)
+        if not entry.is_change or entry.target is None:
+            return
+        index = self._index(entry.target)
+        if index is None:
+            return
+        if entry.kind == EDITED:
+            self.window[index] = dataclasses.replace(self.window[index], text=entry.text, edited=entry.ts)
+        else:
+            del self.window[index]
+
+    def _index(self, message_id: int) -> int | None:
+        index = bisect.bisect_left(self.window, message_id, key=_message_id)
+        if index < len(self.window) and self.window[index].id == message_id:
+            return index
+        return None
+
     def covers(self, since: int) -> bool:
         return since + 1 >= self.complete_from
 
@@ -154,14 +164,29 @@ class _RoomLog:
         start = bisect.bisect_right(self.window, since, key=_message_id)
         return self.window[start : start + limit]
 
-    def forget(self, message_id: int) -> None:
+    def latest(self, limit: int) -> list[ChatMessage] | None:
+        """The newest ``limit`` messages, or None if the window may not hold them all."""
+        found: list[ChatMessage] = []
+        for entry in reversed(self.window):
+            if not entry.is_change:
+                found.append(entry)
+                if len(found) == limit:
+                    break
+        if len(found) < limit and self.complete_from != 0:
+            return None
+        found.reverse()
+        return found
+
+    def find(self, message_id: int) -> ChatMessage | bool | None:
+        """The message under an id as the window knows it; False if the window cannot say."""
         if message_id > self.last_id:
-            self.held.pop(message_id, None)
-            self.deleted.add(message_id)
-            return
-        index = bisect.bisect_left(self.window, message_id, key=_message_id)
-        if index < len(self.window) and self.window[index].id == message_id:
-            del self.window[index]
+            return None
+        if not self.covers(message_id - 1):
+            return False
+        index = self._index(message_id)
+        if index is None or self.window[index].is_change:
+            return None
+        return self.window[index]
 
 
 class SqlMessageLog:
@@ -285,15 +310,40 @@ class SqlMessageLog:
 
     # --- writing ------------------------------------------------------------------------
 
-    def append(self, room_id: int, author: Author, text: str, nonce: str = "") -> Deferred[int]:
+    def append(
+        self,
+        room_id: int,
+        author: Author | None,
+        text: str,
+        nonce: str = "",
+        kind: str = MESSAGE,
+        target: int | None = None,
+    ) -> Deferred[int]:
         if self._closed:
             return fail(StoreUnavailable("the server is shutting down"))
-        return self._open(room_id).addCallback(self._accept, room_id, author, text, nonce)
+        entry = ChatMessage(
+            room=room_id,
+            ts=int(self._clock() * 1000),
+            user=author.username if author is not None else "",
+            text=text,
+            user_id=author.id if author is not None else None,
+            nonce=nonce,
+            kind=kind,
+            target=target,
+        )
+        return self._open(room_id).addCallback(self._accept, entry)
 
-    def _accept(
-        self, room: _RoomLog, room_id: int, author: Author, text: str, nonce: str
-    ) -> Deferred[int] | int:
-        key = (author.id, nonce)
+    def find(self, room_id: int, message_id: int) -> Deferred[ChatMessage | None]:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            found = room.find(message_id)
+            if found is not False:
+                return succeed(found if isinstance(found, ChatMessage) else None)
+        return self._run_query(archive.read_message, room_id, message_id)
+
+    def _accept(self, room: _RoomLog, message: ChatMessage) -> Deferred[int] | int:
+        nonce = message.nonce
+        key = (message.user_id, nonce)
         if nonce:
             known = room.nonces.get(key)
             if known is not None and known <= room.last_id:
@@ -302,14 +352,6 @@ class SqlMessageLog:
                 waiter: Deferred[int] = Deferred()
                 room.inflight[key].append(waiter)
                 return waiter
-        message = ChatMessage(
-            room=room_id,
-            ts=int(self._clock() * 1000),
-            user=author.username,
-            text=text,
-            user_id=author.id,
-            nonce=nonce,
-        )
         ack: Deferred[int] = Deferred()
         waiters = [ack]
         if nonce:
@@ -379,12 +421,12 @@ class SqlMessageLog:
             for waiter in waiters:
                 waiter.callback(message_id)
 
-    def forget(self, room_id: int, message_id: int) -> None:
+    def fill(self, room_id: int, until: int) -> None:
+        """Entries up to ``until`` were committed by someone else (Django code writing
+        straight to the database): read them, if this process serves the room."""
         room = self._rooms.get(room_id)
-        if room is not None:
-            room.forget(message_id)
-        if self._feed is not None:
-            self._feed.forget(room_id, message_id)
+        if room is not None and until > room.last_id and not room.filling:
+            self._fill(room_id, room, until)
 
     def close(self) -> Deferred[None]:
         self._closed = True
@@ -483,8 +525,9 @@ class SqlMessageLog:
         return self._open(room_id).addCallback(self._read_latest, room_id, limit)
 
     def _read_latest(self, room: _RoomLog, room_id: int, limit: int) -> Any:
-        if len(room.window) >= limit or room.complete_from == 0:
-            return room.window[-limit:]
+        latest = room.latest(limit)
+        if latest is not None:
+            return latest
         return self._query_committed(room, archive.read_latest, room_id, limit)
 
     def _query_committed(self, room: _RoomLog, fn: Callable[..., list[ChatMessage]], *args: Any) -> Any:

@@ -52,6 +52,12 @@ class _SubscriberFactory(txredisapi.SubscriberFactory):
         self.link = link
 
 
+def key_prefix(db: int) -> str:
+    """Channels are not per database in Redis: the prefix keeps two deployments sharing
+    one server (or two test runs) apart."""
+    return f"chat:{db}:"
+
+
 class RedisConnection:
     def __init__(self, reactor: Any, url: str, timeout: float = 2.0, ping_interval: float = 5.0):
         parsed = urlparse(url)
@@ -61,9 +67,7 @@ class RedisConnection:
         db = int(parsed.path.strip("/") or 0)
         self.reactor = reactor
         self.timeout = timeout
-        # Channels are not per database in Redis: the prefix keeps two deployments sharing
-        # one server (or two test runs) apart.
-        self.prefix = f"chat:{db}:"
+        self.prefix = key_prefix(db)
         self.commands = txredisapi.lazyConnection(
             host,
             port,

@@ -1,10 +1,11 @@
 """The MessageFeed over Redis: committed messages published per room, and a shared window.
 
-Each room has a channel and a sorted set of its newest messages scored by id. A commit's
-messages are added to the set and published in one Lua script, so the set never lacks a
-message that was published. A deleted message leaves a tombstone under its id, so the set
-stays dense: a process that starts later reads a room's recent history from here, and
-can tell a hole (a publisher that died before its script ran) from a deletion.
+Each room has a channel and a sorted set of its newest log entries scored by id. A
+commit's entries are added to the set and published in one Lua script, so the set never
+lacks an entry that was published. A deletion is an entry too, and the deleted message's
+member becomes a tombstone, so the set stays dense and holds no deleted text: a process
+that starts later reads a room's recent history from here, and can tell a hole (a
+publisher that died before its script ran) from a deletion.
 
 The feed only makes delivery fast. The database stays the truth: the log reads from it
 whatever the feed failed to bring, so losing Redis (or its data) loses nothing.
@@ -20,15 +21,23 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from ..events import ChatMessage
+from ..events import DELETED, ChatMessage
 from .interfaces import CachedWindow, CommittedListener
 from .redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] the room's window; ARGV: channel, window size, payload, then id, member pairs.
+# KEYS[1] the room's window; ARGV: channel, window size, payload, the number of deleted
+# ids, those ids, then id, member pairs. A deleted id becomes a tombstone ([id]).
 _PUBLISH = """
-for i = 4, #ARGV, 2 do
+local deleted = tonumber(ARGV[4])
+for i = 5, 4 + deleted do
+  if redis.call('ZCOUNT', KEYS[1], ARGV[i], ARGV[i]) > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
+    redis.call('ZADD', KEYS[1], ARGV[i], '[' .. ARGV[i] .. ']')
+  end
+end
+for i = 5 + deleted, #ARGV, 2 do
   redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[2]))
@@ -36,29 +45,30 @@ redis.call('PUBLISH', ARGV[1], ARGV[3])
 return 1
 """
 
-# KEYS[1] the room's window; ARGV: id, tombstone. Only inside what the window covers.
-_FORGET = """
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if first[2] == nil or tonumber(first[2]) > tonumber(ARGV[1]) then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
 
 def _member(message: ChatMessage) -> str:
     return json.dumps(
-        [message.id, message.ts, message.user, message.text, message.user_id, message.nonce],
+        [
+            message.id,
+            message.ts,
+            message.user,
+            message.text,
+            message.user_id,
+            message.nonce,
+            message.kind,
+            message.target,
+            message.edited,
+        ],
         ensure_ascii=False,
         separators=(",", ":"),
     )
 
 
 def _message(room_id: int, fields: list[Any]) -> ChatMessage | None:
-    if len(fields) < 6:
+    if len(fields) < 9:
         return None  # a tombstone
-    message_id, ts, user, text, user_id, nonce = fields[:6]
-    return ChatMessage(room_id, message_id, ts, user, text, user_id, nonce)
+    message_id, ts, user, text, user_id, nonce, kind, target, edited = fields[:9]
+    return ChatMessage(room_id, message_id, ts, user, text, user_id, nonce, kind, target, edited)
 
 
 class RedisMessageFeed:
@@ -92,7 +102,8 @@ class RedisMessageFeed:
     def publish(self, room_id: int, messages: Sequence[ChatMessage]) -> Deferred[None]:
         # The publisher's id first, so that a process skips its own messages unparsed.
         payload = f"{self._process_id}\n[{','.join(_member(m) for m in messages)}]"
-        args: list[Any] = [self._channel(room_id), self._window, payload]
+        deleted = [m.target for m in messages if m.kind == DELETED]
+        args: list[Any] = [self._channel(room_id), self._window, payload, len(deleted), *deleted]
         for message in messages:
             args += [message.id, _member(message)]
         d = self._redis.run(self._redis.commands.eval, _PUBLISH, [self._key(room_id)], args)
@@ -124,8 +135,3 @@ class RedisMessageFeed:
             return None  # a hole: some publisher died before its script ran
         messages = (_message(room_id, json.loads(member)) for member, _ in entries)
         return CachedWindow(first, [m for m in messages if m is not None])
-
-    def forget(self, room_id: int, message_id: int) -> None:
-        tombstone = json.dumps([message_id])
-        d = self._redis.run(self._redis.commands.eval, _FORGET, [self._key(room_id)], [message_id, tombstone])
-        d.addErrback(lambda _: None)

@@ -1,0 +1,233 @@
+"""Who is in each room: users, not connections, over every process.
+
+A user is present in a room while any of their connections is subscribed to it, on any
+transport, in any process, and for ``linger`` seconds after the last one leaves: a
+long-poll is subscribed only while a poll is parked, so it lingers for the grace period
+between polls; a stream lingers over its reconnects. A user's tabs and transports are
+one entry: they join once, and leave when the last one goes.
+
+Each process counts its own users per room and writes them as one entry of the shared
+``Presence`` store (Redis, or this process's memory), which expires unless refreshed: a
+process that dies takes its users with it within ``ttl``. After a change a process tells
+the others (``tell_others``, over Redis) to read the room again; each also reads the rooms it serves
+every ``interval``, which is how a crashed process's users are seen to leave.
+
+Every change of who is present is announced once per process as ``(joined, left)``
+usernames; the room core hands it to that process's clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from .events import Author
+from .storage.interfaces import Presence
+
+log = logging.getLogger(__name__)
+
+Announce = Callable[[int, tuple[str, ...], tuple[str, ...]], None]
+
+
+class _Here:
+    """One user's connections to a room in this process."""
+
+    __slots__ = ("connections", "name", "until")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.connections = 0
+        # While no connection is open: present until this time (reactor seconds).
+        self.until = 0.0
+
+
+class _RoomUsers:
+    __slots__ = ("followed", "here", "others", "present", "read")
+
+    def __init__(self) -> None:
+        # This process's users, by id.
+        self.here: dict[int, _Here] = {}
+        # The other processes' users, as last read from the store.
+        self.others: dict[int, str] = {}
+        # Who was last announced as present.
+        self.present: dict[int, str] = {}
+        # Whether this process has clients in the room (and so wants its changes).
+        self.followed = 0
+        self.read: Deferred[Any] | None = None
+
+
+class PresenceTracker:
+    def __init__(
+        self,
+        reactor: Any,
+        store: Presence,
+        process_id: str,
+        ttl: float = 15.0,
+    ):
+        self._reactor = reactor
+        self._store = store
+        self._key = process_id
+        self._ttl = ttl
+        # Set by the room core, which hands changes to its clients.
+        self.announce: Announce = lambda room_id, joined, left: None
+        # Set by ``notices`` when there are other processes to tell.
+        self.tell_others: Callable[[int], None] = lambda room_id: None
+        self._rooms: dict[int, _RoomUsers] = {}
+        self._ticks = LoopingCall(self.tick)
+        self._ticks.clock = reactor
+
+    def start(self) -> None:
+        """Refresh and re-read often enough that an entry never lapses while its process
+        lives, and a dead process's users leave within ``ttl`` and one interval."""
+        self._ticks.start(max(self._ttl / 3, 0.2), now=False)
+
+    def stop(self) -> None:
+        if self._ticks.running:
+            self._ticks.stop()
+        for room_id, room in self._rooms.items():
+            if room.here:
+                self._store.remove(room_id, self._key)
+
+    # --- the room core's side --------------------------------------------------------------
+
+    def follow(self, room_id: int) -> Deferred[None]:
+        """This process has clients in the room: fires once who is present is known."""
+        room = self._room(room_id)
+        room.followed += 1
+        if room.read is None:
+            room.read = self._read(room_id, room)
+        if room.read.called:
+            return succeed(None)
+        ready: Deferred[None] = Deferred()
+
+        def done(result: object) -> object:
+            ready.callback(None)
+            return result
+
+        room.read.addBoth(done)
+        return ready
+
+    def unfollow(self, room_id: int) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            room.followed -= 1
+            if not room.followed:
+                room.read = None  # read afresh when followed again
+            self._drop_if_unused(room_id, room)
+
+    def users(self, room_id: int) -> tuple[str, ...]:
+        room = self._rooms.get(room_id)
+        return tuple(sorted(set(room.present.values()))) if room is not None else ()
+
+    def arrive(self, room_id: int, author: Author) -> None:
+        room = self._room(room_id)
+        here = room.here.get(author.id)
+        if here is None:
+            here = room.here[author.id] = _Here(author.username)
+        here.connections += 1
+        self._changed(room_id, room, local=True)
+
+    def depart(self, room_id: int, author: Author, linger: float = 0.0) -> None:
+        room = self._rooms.get(room_id)
+        here = room.here.get(author.id) if room is not None else None
+        if room is None or here is None:
+            return
+        here.connections -= 1
+        if linger > 0:
+            here.until = max(here.until, self._reactor.seconds() + linger)
+        self._changed(room_id, room, local=True)
+
+    def others_changed(self, room_id: int) -> None:
+        """Another process's users in the room changed: read them again."""
+        room = self._rooms.get(room_id)
+        if room is not None and room.followed:
+            self._read(room_id, room)
+
+    def tick(self) -> None:
+        """Let lingerers go, refresh this process's entries, re-read the others'."""
+        for room_id, room in list(self._rooms.items()):
+            self._changed(room_id, room, local=self._expire_lingerers(room))
+            if room.here:
+                self._write(room_id, room)
+            if room.followed:
+                self._read(room_id, room)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _room(self, room_id: int) -> _RoomUsers:
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = _RoomUsers()
+        return room
+
+    def _expire_lingerers(self, room: _RoomUsers) -> bool:
+        now = self._reactor.seconds()
+        gone = [uid for uid, here in room.here.items() if here.connections <= 0 and here.until <= now]
+        for uid in gone:
+            del room.here[uid]
+        return bool(gone)
+
+    def _changed(self, room_id: int, room: _RoomUsers, local: bool) -> None:
+        if local:
+            self._expire_lingerers(room)
+        now_present = dict(room.others)
+        now_present.update((uid, here.name) for uid, here in room.here.items())
+        joined = tuple(sorted({name for uid, name in now_present.items() if uid not in room.present}))
+        left = tuple(sorted({name for uid, name in room.present.items() if uid not in now_present}))
+        room.present = now_present
+        if local and (joined or left):
+            self._write(room_id, room)
+            self.tell_others(room_id)
+        if (joined or left) and room.followed:
+            self.announce(room_id, joined, left)
+        self._drop_if_unused(room_id, room)
+
+    def _write(self, room_id: int, room: _RoomUsers) -> None:
+        if room.here:
+            users = {str(uid): here.name for uid, here in room.here.items()}
+            self._store.set(room_id, self._key, users, self._ttl)
+        else:
+            self._store.remove(room_id, self._key)
+
+    def _read(self, room_id: int, room: _RoomUsers) -> Deferred[Any]:
+        d = self._store.entries(room_id)
+        d.addCallbacks(
+            self._was_read, self._read_failed, callbackArgs=(room_id, room), errbackArgs=(room_id,)
+        )
+        return d
+
+    def _was_read(self, entries: dict[str, Any], room_id: int, room: _RoomUsers) -> None:
+        others: dict[int, str] = {}
+        for key, users in entries.items():
+            if key != self._key and isinstance(users, dict):
+                others.update((int(uid), str(name)) for uid, name in users.items())
+        room.others = others
+        if self._rooms.get(room_id) is room:
+            self._changed(room_id, room, local=False)
+
+    def _read_failed(self, failure: Failure, room_id: int) -> None:
+        log.warning("reading who is in room %s failed: %s", room_id, failure.getErrorMessage())
+
+    def _drop_if_unused(self, room_id: int, room: _RoomUsers) -> None:
+        if not room.followed and not room.here and self._rooms.get(room_id) is room:
+            del self._rooms[room_id]
+
+    def who(self, room_ids: list[int]) -> Deferred[dict[int, tuple[str, ...]]]:
+        """Who is in each room, for rooms this process may not serve (the room list)."""
+        reads = [self._store.entries(room_id) for room_id in room_ids]
+
+        def names(results: list[tuple[bool, Any]]) -> dict[int, tuple[str, ...]]:
+            found: dict[int, tuple[str, ...]] = {}
+            for room_id, (ok, entries) in zip(room_ids, results, strict=True):
+                users = entries.values() if ok else ()
+                found[room_id] = tuple(
+                    sorted({str(n) for u in users if isinstance(u, dict) for n in u.values()})
+                )
+            return found
+
+        return DeferredList(reads, consumeErrors=True).addCallback(names)
