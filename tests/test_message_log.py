@@ -279,7 +279,9 @@ def test_a_deletion_from_another_process_removes_its_message_here(room, alice):
     store = make_store(clock, on_committed=listener, feed=feed)
     result_of(store.last_id(room.pk))
     (one,) = committed_elsewhere(room, alice, "one")
-    (outcome,) = archive.write_batch([ChatMessage(room.pk, 0, 5, "alice", "", alice.id, kind=DELETED, target=1)])
+    (outcome,) = archive.write_batch(
+        [ChatMessage(room.pk, 0, 5, "alice", "", alice.id, kind=DELETED, target=1)]
+    )
     deletion = ChatMessage(room.pk, outcome.message_id, 5, "alice", "", alice.id, kind=DELETED, target=1)
     feed.received(room.pk, [one, deletion])
     assert listener.committed == [(room.pk, [1, 2])]
