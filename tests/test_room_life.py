@@ -319,3 +319,35 @@ def test_admin_message_times_are_dates_and_records_are_not_listed(server):
     write(alice, server, type="edit", room=LOBBY, id=sent["id"], text="an edited message")
     page = admin.get(server.url + "/admin/chat/message/", timeout=10).text
     assert len(re.findall(r"/admin/chat/message/\d+/change/", page)) == 1
+
+
+# --- several rooms over one poll ------------------------------------------------------------
+
+
+def test_one_poll_follows_several_rooms(server):
+    alice, bob = login(server, "alice"), login(server, "bob")
+    in_lobby = post_message(alice, server, LOBBY, "lobby news").json()["id"]
+    first = bob.get(server.url + "/poll", params={"rooms": f"{LOBBY},2", "timeout": 0}, timeout=10).json()
+    by_room = {answer["room"]: answer for answer in first["rooms"]}
+    assert [m["id"] for m in by_room[LOBBY]["messages"] if m["type"] == "message"] == [in_lobby]
+    assert by_room[2]["messages"] == [] and by_room[2]["presence"] == ["bob"]
+    cursors = f"{LOBBY}:{by_room[LOBBY]['last']},2:{by_room[2]['last']}"
+    result: dict = {}
+    parked = threading.Thread(
+        target=lambda: result.update(
+            answer=bob.get(server.url + "/poll", params={"rooms": cursors, "timeout": 20}, timeout=30).json()
+        )
+    )
+    parked.start()
+    wait_for(lambda: server.stats()["parked_polls"] == 1, PROMPTLY, what="the poll to park")
+    in_second = post_message(alice, server, 2, "news in the second room").json()["id"]
+    parked.join(PROMPTLY)
+    news = {answer["room"]: answer for answer in result["answer"]["rooms"]}
+    assert [m["id"] for m in news[2]["messages"]] == [in_second] and news[2]["last"] == in_second
+    assert news[LOBBY]["messages"] == [] and news[LOBBY]["last"] == by_room[LOBBY]["last"]
+    # A room that cannot be read is an error in its own entry; the others are answered.
+    mixed = bob.get(server.url + "/poll", params={"rooms": f"{LOBBY},3", "timeout": 0}, timeout=10).json()
+    errors = {answer["room"]: answer.get("error", {}).get("code") for answer in mixed["rooms"]}
+    assert errors == {LOBBY: None, 3: "unknown_room"}
+    too_many = bob.get(server.url + "/poll", params={"rooms": ",".join(map(str, range(1, 60)))}, timeout=10)
+    assert too_many.status_code == 429 and too_many.json()["error"]["code"] == "too_many_rooms"

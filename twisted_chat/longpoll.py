@@ -126,6 +126,80 @@ class _Poll:
         """A poll holds one response; it cannot fall behind."""
 
 
+class _RoomsPoll(_Poll):
+    """One GET for several rooms (``rooms=1:5,2:7``), as a page with a sidebar polls: one
+    connection, one subscription per room, answered as soon as any room has news."""
+
+    def __init__(
+        self, resource: LongPollResource, request: Request, rooms: dict[int, int | None], timeout: float
+    ):
+        super().__init__(resource, request, next(iter(rooms)), None, timeout)
+        self.sinces = rooms
+        self.cursors: dict[int, int] = {}
+        self.found: dict[int, list[RoomEvent]] = {room_id: [] for room_id in rooms}
+        self.errors: dict[int, ProtocolError] = {}
+        self.waiting = set(rooms)
+        self.count = 0
+
+    def subscribe_all(self, client: Client) -> None:
+        for room_id, since in self.sinces.items():
+            client.subscribe(room_id, since)
+
+    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
+        since = self.sinces[room_id]
+        self.cursors[room_id] = last if since is None else min(since, last)
+
+    def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
+        self.found[room_id].extend(events)
+        self.count += len(events)
+        # Live news, or a page of history: the rooms still catching up carry on next poll.
+        if not self.waiting or self.count >= self.resource.page_size:
+            self.answer_now()
+
+    def caught_up(self, room_id: int) -> None:
+        self._settled(room_id)
+
+    def subscribe_failed(self, room_id: int, error: ProtocolError) -> None:
+        self.errors[room_id] = error
+        self._settled(room_id)
+
+    def subscription_ended(self, room_id: int, error: ProtocolError) -> None:
+        self.errors[room_id] = error
+        self.answer_now()
+
+    def _settled(self, room_id: int) -> None:
+        self.waiting.discard(room_id)
+        if self.waiting:
+            return
+        if self.errors or any(self.found.values()) or self.timeout <= 0:
+            self.answer_now()
+        else:
+            self.resource.parked.add(self)
+            self.timer = self.resource.reactor.callLater(self.timeout, self.expire)
+
+    def expire(self) -> None:
+        self.answer_now()
+
+    def answer_now(self) -> None:
+        if self.done:
+            return
+        answers = []
+        for room_id in self.sinces:
+            error = self.errors.get(room_id)
+            if error is not None:
+                answers.append(f'{{"room":{room_id},"error":{json.dumps(error.as_http_body()["error"])}}}')
+                continue
+            cursor = self.cursors.get(room_id)
+            if cursor is None:
+                continue  # not subscribed yet: the client keeps its cursor
+            events = self.found[room_id]
+            messages = [e for e in events if isinstance(e, ChatMessage)]
+            last = messages[-1].id if messages else cursor
+            answers.append(_messages_body(room_id, last, events, self.resource.present(room_id)).decode())
+        self.resource.delivered += sum(len(events) for events in self.found.values())
+        self.answer(f'{{"rooms":[{",".join(answers)}]}}'.encode())
+
+
 class LongPollResource(Resource):
     isLeaf = True
 
@@ -145,6 +219,7 @@ class LongPollResource(Resource):
     ):
         super().__init__()
         self.reactor = reactor
+        self.page_size = hub.page_size
         # A poller stays present this long after its last poll ended.
         self._grace = grace
         self._hub = hub
@@ -178,7 +253,11 @@ class LongPollResource(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         try:
             self._origins.check(request, "poll")
-            room_id = wire.parse_room(query_arg(request, b"room"))
+            rooms_arg = query_arg(request, b"rooms")
+            rooms = (
+                wire.parse_rooms(rooms_arg, self._hub.max_rooms_per_client) if rooms_arg is not None else None
+            )
+            room_id = next(iter(rooms)) if rooms else wire.parse_room(query_arg(request, b"room"))
             since_arg = query_arg(request, b"since")
             if since_arg is None:
                 since_arg = query_arg(request, b"lastupdate")
@@ -196,7 +275,11 @@ class LongPollResource(Resource):
         else:
             session_key, browser_key = keys_from_cookies(header_text(request, b"cookie"))
         identity = Identity(session_key, browser_key)
-        poll = _Poll(self, request, room_id, since, timeout)
+        poll = (
+            _RoomsPoll(self, request, rooms, timeout)
+            if rooms
+            else _Poll(self, request, room_id, since, timeout)
+        )
         if session_key is None:
             self._subscribe(None, poll, identity)
         else:
@@ -216,7 +299,10 @@ class LongPollResource(Resource):
             client.close()
             return
         poll.client = client
-        client.subscribe(poll.room_id, poll.since)
+        if isinstance(poll, _RoomsPoll):
+            poll.subscribe_all(client)
+        else:
+            client.subscribe(poll.room_id, poll.since)
 
     def _parse_timeout(self, value: str | None) -> float:
         if value is None:
@@ -244,14 +330,14 @@ class LongPollResource(Resource):
             fresh = self._fit([e for e in events if not isinstance(e, ChatMessage) or e.id > cursor])
             messages = [e for e in fresh if isinstance(e, ChatMessage)]
             newest = messages[-1].id if messages else (cursor if last is None else last)
-            body = _messages_body(room_id, newest, fresh, self._present(room_id))
+            body = _messages_body(room_id, newest, fresh, self.present(room_id))
             answer = self._bodies[cursor] = (body, len(messages))
         return answer
 
     def empty_body(self, room_id: int, cursor: int) -> bytes:
-        return _messages_body(room_id, cursor, [], self._present(room_id))
+        return _messages_body(room_id, cursor, [], self.present(room_id))
 
-    def _present(self, room_id: int) -> str:
+    def present(self, room_id: int) -> str:
         """Who is in the room as the answer is sent, as a JSON list; the presence events
         in the same answer happened before it."""
         presence = self._hub.presence

@@ -81,6 +81,17 @@ def parse_room(value: Any) -> int:
     return room
 
 
+def parse_rooms(value: str, limit: int) -> dict[int, int | None]:
+    """``1:5,2:7,3``: rooms, each with the ``since`` to resume after (or none)."""
+    rooms: dict[int, int | None] = {}
+    for part in value.split(","):
+        room, _, since = part.partition(":")
+        rooms[parse_room(room)] = parse_since(since) if since else None
+    if len(rooms) > limit:
+        raise ProtocolError("too_many_rooms", f"at most {limit} rooms per connection")
+    return rooms
+
+
 def parse_since(value: Any) -> int | None:
     return _parse_int(value, "since")
 
