@@ -4,14 +4,33 @@ The chat server (twisted_chat) owns message ids: each message has a per-room ``s
 strictly increasing in order of acceptance, which is the ``id`` clients see on the wire.
 """
 
+from datetime import UTC, datetime
+from typing import TypeAlias
+
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
 
+AnyUser: TypeAlias = AbstractBaseUser | AnonymousUser
 
-def room_readable(is_private: bool, is_member: bool) -> bool:
-    """Who may read (and so see, and post in) a room: the one rule for pages and chat."""
-    return not is_private or is_member
+
+def room_readable(
+    is_private: bool, is_member: bool, *, is_closed: bool = False, is_banned: bool = False
+) -> bool:
+    """Who may read (and so see, and post in) a room: the one rule for pages and chat.
+
+    ``is_closed`` and ``is_banned`` are keywords so that a caller which weighs them on its
+    own (the chat server answers each with its own error) can leave them out.
+    """
+    return not is_closed and not is_banned and (not is_private or is_member)
+
+
+def datetime_from_ms(ms: int) -> datetime:
+    """A ``ts`` or ``edited`` value (ms since the epoch, as on the wire) as a datetime to show."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 class ChatRoom(models.Model):
@@ -39,11 +58,22 @@ class ChatRoom(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("chat:room", args=[self.pk])
 
-    def is_visible_to(self, user) -> bool:
-        if not self.is_private:
-            return True
-        is_member = bool(user and user.is_authenticated) and self.members.filter(pk=user.pk).exists()
-        return room_readable(self.is_private, is_member)
+    def has_member(self, user: AnyUser) -> bool:
+        """Whether ``user`` is a member of this private room (False for a public one, where
+        membership grants nothing and is not looked up)."""
+        return self.is_private and user.is_authenticated and self.members.filter(pk=user.pk).exists()
+
+    def has_banned(self, user: AnyUser) -> bool:
+        """Whether ``user`` is banned from this room, or from every room."""
+        return user.is_authenticated and Ban.objects.filter(Q(room=self) | Q(room=None), user=user).exists()
+
+    def is_visible_to(self, user: AnyUser) -> bool:
+        return room_readable(
+            self.is_private,
+            self.has_member(user),
+            is_closed=self.is_closed,
+            is_banned=self.has_banned(user),
+        )
 
 
 class Message(models.Model):

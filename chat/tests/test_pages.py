@@ -11,18 +11,6 @@ from chat.models import ChatRoom, Message
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice():
-    return User.objects.create_user("alice", password="pw-alice-123456")
-
-
-@pytest.fixture
-def private_room(alice):
-    room = ChatRoom.objects.create(name="Secret", is_private=True)
-    room.members.add(alice)
-    return room
-
-
 def test_demo_room_exists_after_migrations():
     assert ChatRoom.objects.filter(name="Lobby").exists()
 
