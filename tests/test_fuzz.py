@@ -39,6 +39,11 @@ ERROR_CODES = {
     "method_not_allowed",
     "request_timeout",
     "upgrade_required",
+    "not_allowed",
+    "banned",
+    "disconnected",
+    "no_such_message",
+    "room_closed",
 }
 
 
@@ -168,7 +173,7 @@ def test_long_poll_queries_get_valid_answers(fuzz_server):
         response = requests.get(fuzz_server.url + "/poll", params=params, timeout=10)
         body = response.json()
         if response.status_code == 200:
-            assert set(body) == {"room", "last", "messages"}
+            assert set(body) == {"room", "last", "messages", "presence"}
         else:
             assert response.status_code in (400, 403, 404), response.status_code
             check_error(body["error"]["code"])

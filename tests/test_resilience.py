@@ -174,7 +174,8 @@ def test_metrics_count_what_happened(server):
     for line in (
         "chat_messages_accepted_total 5.0",
         "chat_messages_published_total 5.0",
-        'chat_deliveries_total{transport="websocket"} 5.0',
+        # The five messages, and who was present when the reader subscribed.
+        'chat_deliveries_total{transport="websocket"} 6.0',
         "chat_websocket_connections 2.0",
         "chat_subscriptions 1.0",
         'chat_threadpool_queue_depth{pool="chat-writer"}',
