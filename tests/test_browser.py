@@ -248,7 +248,7 @@ def test_pending_messages_are_kept_per_user_and_never_sent_as_someone_else(brows
 def test_a_message_refused_for_good_is_shown_as_failed_and_the_next_one_goes_on(browser, server, path):
     page, _ = open_room(browser, server, "alice", path)
     # As if the limit had changed since the page was rendered.
-    page.eval_on_selector("#message-input", "input => input.removeAttribute('maxlength')")
+    page.eval_on_selector("#chat", "chat => { chat.dataset.maxLength = '5000'; }")
     say(page, "x" * 4001)
     say(page, "after the refused one")
 

@@ -1,5 +1,6 @@
-// Errors as the protocol reports them (docs/protocol.md). The server says whether a retry
-// can help (`retryable`) and sometimes how long to wait first (`retry_after`, seconds).
+// Errors as the protocol reports them (docs/protocol.md), and how a person reads them. The
+// server says whether a retry can help (`retryable`) and sometimes how long to wait first
+// (`retry_after`, seconds).
 
 export class ChatError extends Error {
   constructor(code, message, { retryable = false, retryAfter = null } = {}) {
@@ -33,4 +34,49 @@ export class ChatError extends Error {
 // connection is back.
 export function connectionLost() {
   return new ChatError("connection_lost", "the connection was lost", { retryable: true });
+}
+
+// "1 second", "3 seconds": waits are whole seconds, rounded up, so that trying again when
+// told never comes too early (the server may say 0.07).
+function inSeconds(seconds) {
+  const whole = Math.max(1, Math.ceil(seconds));
+  return `${whole} ${whole === 1 ? "second" : "seconds"}`;
+}
+
+// A send refused by the rate limit, `seconds` (or an unknown time) before it may go.
+export function tooFast(seconds) {
+  return seconds === null
+    ? "you're sending too fast — wait a moment"
+    : `you're sending too fast — try again in ${inSeconds(seconds)}`;
+}
+
+// Why a message, an edit or a deletion did not go through, in words that say what to do
+// (the server's own are terse). They start in lower case, to follow "not sent: "; the page
+// capitalises them where they stand alone.
+export function describeError(error) {
+  switch (error.code) {
+    case "rate_limited":
+      return tooFast(error.retryAfter);
+    case "too_large": {
+      // The server's limit, in its message, is the one that counts; the page's may be old.
+      const limit = error.message.match(/\d+/)?.[0];
+      return limit ? `too long — a message can be at most ${limit} characters` : "too long";
+    }
+    case "not_allowed":
+      return "not allowed — you may change only your own messages, and only for a while after sending them";
+    case "not_authenticated":
+      return "you're not logged in — log in to post";
+    case "banned":
+      return "you are banned from this room";
+    case "room_closed":
+      return "this room is closed";
+    case "no_such_message":
+      return "that message no longer exists";
+    case "connection_lost":
+      return "waiting for the connection…";
+    case "unavailable":
+      return "the server is busy — trying again…";
+    default:
+      return error.message;
+  }
 }

@@ -1,7 +1,9 @@
-// The chat over plain HTTP (docs/protocol.md): a loop of `GET /poll` receives, and one
-// `POST /poll` per message sends.
+// The chat over plain HTTP (docs/protocol.md): a loop of `GET /poll` receives for every
+// room the page carries, and one `POST /poll` per command sends.
 
-import { ChatError, connectionLost } from "./errors.js";
+import { ChatError } from "./errors.js";
+import { postJson, requestJson } from "./http.js";
+import { pollEntries, RoomQuery } from "./subscriptions.js";
 import { Backoff, Wait } from "./timing.js";
 
 const POLL_TIMEOUT_S = 25;
@@ -9,33 +11,16 @@ const POLL_TIMEOUT_S = 25;
 const POLL_DEADLINE_MS = (POLL_TIMEOUT_S + 10) * 1000;
 const POST_DEADLINE_MS = 30_000;
 
-// Read at every send: logging in rotates the token.
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : "";
-}
-
-// One request; network failures and deadlines become a retryable ChatError.
-export async function requestJson(url, options) {
-  let response;
-  try {
-    response = await fetch(url, { cache: "no-store", ...options });
-  } catch {
-    throw connectionLost();
-  }
-  const body = await response.json().catch(() => null);
-  if (!response.ok) throw ChatError.fromResponse(response, body);
-  if (body === null) throw connectionLost(); // the answer was cut short
-  return body;
-}
-
-// Polls the room from the last id seen, until stopped or refused for good.
+// Polls the page's rooms from their cursors, until stopped.
 export class PollLoop {
   constructor(link, path) {
     this.link = link;
     this.path = path;
+    this.query = new RoomQuery(link, path);
     this.backoff = new Backoff();
     this.stopping = new AbortController();
+    this.request = null; // aborted by update(): the rooms changed, poll again for the new set
+    this.asked = [];
     this.wait = null;
   }
 
@@ -48,60 +33,102 @@ export class PollLoop {
     this.wait?.wake();
   }
 
+  // The set of rooms changed: a parked poll would not hear of a room it did not ask for.
+  update() {
+    if (sameRooms(this.query.cursors(), this.asked)) return;
+    this.request?.abort();
+    this.wait?.wake();
+  }
+
   get stopped() {
     return this.stopping.signal.aborted;
   }
 
   async run() {
-    let cursor = this.link.lastId; // null: the first answer is the latest 50
     let connected = false;
     while (!this.stopped) {
-      let answer;
+      const asked = (this.asked = this.query.cursors());
+      if (!asked.length) {
+        // Nothing to carry now: wait for update().
+        this.wait = new Wait(POLL_DEADLINE_MS);
+        await this.wait.done;
+        continue;
+      }
+      const request = (this.request = new AbortController());
+      let body;
       try {
         // Until a poll has been answered, one that answers at once says we are through.
-        answer = await this.poll(cursor, connected ? POLL_TIMEOUT_S : 0);
+        body = await this.poll(asked, connected ? POLL_TIMEOUT_S : 0, request.signal);
       } catch (error) {
         if (this.stopped) return;
+        if (request.signal.aborted) continue; // update(): poll for the new set at once
         if (error.code === "session_ended") {
           // Logged out or in elsewhere: poll again as whoever we are now.
           await this.link.sessionChanged();
           continue;
         }
         if (!error.retryable) {
-          this.link.ended(error); // e.g. unknown_room
+          if (await this.refused(error, asked)) continue;
           return;
         }
         connected = false;
         this.link.disconnected();
-        const delay = error.retryAfter === null ? this.backoff.next() : error.retryAfter * 1000;
-        this.wait = new Wait(delay);
-        await this.wait.done;
+        await this.pause(error.retryAfter === null ? this.backoff.next() : error.retryAfter * 1000);
         continue;
       }
-      // "Connected" is the first answer after a failure; every answer delivers data.
+      if (this.stopped) return; // replaced while this answer was on its way
       if (!connected) {
+        // "Connected" is the first answer after a failure; every answer delivers data.
         connected = true;
         this.backoff.reset();
         this.link.connected();
       }
-      if (this.stopped) return; // replaced while this answer was on its way
-      this.link.deliver(answer.messages);
-      cursor = answer.last;
+      for (const entry of pollEntries(body)) {
+        if (entry.error) {
+          // This room cannot be read (any more); the others were answered all the same.
+          const error = ChatError.fromWire(entry.error);
+          if (!error.retryable) this.link.roomEnded(entry.room, error);
+          continue;
+        }
+        this.link.deliver(entry.messages);
+        // Who is there as the answer left, after the presence events in it.
+        if (entry.presence) this.link.deliver([{ type: "presence", room: entry.room, users: entry.presence }]);
+        this.link.reached(entry.room, entry.last);
+      }
     }
   }
 
-  poll(cursor, timeout) {
-    const params = new URLSearchParams({ room: this.link.room, timeout });
-    if (cursor !== null) params.set("since", cursor);
-    const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(POLL_DEADLINE_MS)]);
-    return requestJson(`${this.path}?${params}`, { signal });
+  async refused(error, asked) {
+    try {
+      return await this.query.refused(error, asked);
+    } catch {
+      // The server did not answer the questions: ask again later.
+      this.link.disconnected();
+      await this.pause(this.backoff.next());
+      return true;
+    }
+  }
+
+  async pause(ms) {
+    this.wait = new Wait(ms);
+    await this.wait.done;
+  }
+
+  poll(cursors, timeout, signal) {
+    const all = AbortSignal.any([this.stopping.signal, signal, AbortSignal.timeout(POLL_DEADLINE_MS)]);
+    return requestJson(this.query.url(this.path, cursors, { timeout }), { signal: all });
   }
 }
 
-// Sends one message per POST; the answer carries the id it was stored under.
+function sameRooms(a, b) {
+  const rooms = new Set(a.map(([room]) => room));
+  return rooms.size === b.length && b.every(([room]) => rooms.has(room));
+}
+
+// Sends each command in a POST of its own; the answer carries the stored id (and, for an
+// edit or a deletion, its place in the room).
 export class PostSender {
-  constructor(room, path) {
-    this.room = room;
+  constructor(path) {
     this.path = path;
   }
 
@@ -110,13 +137,19 @@ export class PostSender {
     return true;
   }
 
+  // A message from the outbox: resolves to its id.
   async send(entry) {
-    const body = await requestJson(this.path, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-      body: JSON.stringify({ room: this.room, text: entry.text, nonce: entry.nonce }),
-      signal: AbortSignal.timeout(POST_DEADLINE_MS),
-    });
-    return body.id;
+    const { room, text, nonce } = entry;
+    return (await postJson(this.path, { room, text, nonce }, POST_DEADLINE_MS)).id;
+  }
+
+  // An edit or a deletion: resolves to the acknowledgement, { room, id, seq }.
+  command(fields) {
+    return postJson(this.path, fields, POST_DEADLINE_MS);
+  }
+
+  // A notice that needs no answer (typing): lost ones do not matter.
+  notify(fields) {
+    postJson(this.path, fields, POST_DEADLINE_MS).catch(() => {});
   }
 }

@@ -1,22 +1,22 @@
-// The outbox: the messages a person typed in this room, in typed order, until the server
+// The outbox: the messages a person typed, in every room, in typed order, until the server
 // has stored each one.
 //
 // One message is in flight at a time, so a message refused for now (rate limit, outage,
 // lost connection) holds back every message typed after it, and the server's ids follow
-// the typing order. A retry reuses the message's nonce, so the server stores it once.
-// Unsent messages are kept in localStorage per room and user: they survive a reload, and
-// are never sent under another user's name.
+// the typing order (the rate limit is the user's, over all rooms). A retry reuses the
+// message's nonce, so the server stores it once. Unsent messages are kept in localStorage
+// per user: they survive a reload, and are never sent under another user's name.
 
 import { Backoff, Wait } from "./timing.js";
 
 // 128 random bits in hex: unique per message, and made of characters a nonce may hold.
 // (crypto.randomUUID would need a secure context.)
-function newNonce() {
+export function newNonce() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
-// One user's unsent messages in one room: `entries` in memory, mirrored to localStorage.
+// One user's unsent messages: `entries` in memory, mirrored to localStorage.
 class StoredQueue {
   constructor(key) {
     this.key = key;
@@ -42,8 +42,8 @@ class StoredQueue {
     this.save((stored) => stored.filter((entry) => entry.nonce !== nonce));
   }
 
-  // Applies a change to what is stored now, not to our copy: another tab of the same room
-  // may have added its own messages since we read it.
+  // Applies a change to what is stored now, not to our copy: another tab may have added
+  // its own messages since we read it.
   save(change) {
     try {
       const entries = change(this.load());
@@ -60,13 +60,15 @@ export class Outbox {
   // sender: { ready, send(entry) -> Promise of the stored id, rejected with a ChatError }
   // events: onQueued(entry), onSending(entry), onWaiting(entry, error), onAcked(entry, id),
   //         onFailed(entry, error), onSessionLost()
+  // An entry is { nonce, room, text }.
   constructor(sender, events) {
     this.sender = sender;
     this.events = events;
     this.queue = null; // the current user's StoredQueue; null while anonymous
     this.held = false;
     this.draining = false;
-    this.wakeable = null; // the Wait that wake() may cut short
+    this.waiting = null; // the head's Wait: the person may cut it short (retryNow)
+    this.wakeable = false; // and so may the connection coming back (wake)
     this.backoff = new Backoff();
     this.paceMs = 0;
   }
@@ -78,11 +80,25 @@ export class Outbox {
     this.drain();
   }
 
-  add(text) {
-    const entry = { nonce: newNonce(), text };
+  add(room, text) {
+    this.enqueue({ nonce: newNonce(), room, text });
+  }
+
+  // A message refused for good, sent again as it was: with its nonce, so that the server
+  // stores it once even if an earlier try did get through.
+  retry(entry) {
+    this.enqueue(entry);
+  }
+
+  enqueue(entry) {
     this.queue.push(entry);
     this.events.onQueued(entry);
     this.drain();
+  }
+
+  // The person asked to try the waiting message now.
+  retryNow() {
+    this.waiting?.wake();
   }
 
   // While held (the session is being checked) nothing new is sent.
@@ -96,9 +112,9 @@ export class Outbox {
   }
 
   // The connection is back: retry now rather than at the end of a backoff. A wait that the
-  // server asked for (retry_after) is never cut short.
+  // server asked for (retry_after) is not cut short by this.
   wake() {
-    this.wakeable?.wake();
+    if (this.wakeable) this.waiting?.wake();
     this.drain();
   }
 
@@ -154,9 +170,9 @@ export class Outbox {
   }
 
   async pause(ms, wakeable = false) {
-    const wait = new Wait(ms);
-    if (wakeable) this.wakeable = wait;
-    await wait.done;
-    this.wakeable = null;
+    this.waiting = new Wait(ms);
+    this.wakeable = wakeable;
+    await this.waiting.done;
+    this.waiting = null;
   }
 }

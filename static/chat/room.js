@@ -1,207 +1,324 @@
-// The room page: shows what the ChatClient reports. Text is only ever set with
-// textContent, so a message is shown as what it is, never run as HTML.
+// The room page: shows what the ChatClient reports, for the room on screen, and turns what
+// the reader does into client calls. Rooms change without a reload: the address follows
+// (history.pushState), and Back and Forward move between rooms.
 
 import { ChatClient } from "./chat-client.js";
+import { Composer } from "./composer.js";
+import { describeError } from "./errors.js";
+import { csrfToken } from "./http.js";
+import { PeoplePanel, showTyping } from "./people.js";
+import { RoomNav } from "./room-nav.js";
+import { Timeline } from "./timeline.js";
 
 const TRANSPORT_NAMES = { websocket: "WebSocket", stream: "event stream", longpoll: "long-poll" };
+const STATE_HINTS = {
+  connecting: "Connecting to the chat server…",
+  connected: "Connected: new messages appear as they are sent.",
+  reconnecting: "The connection was lost: reconnecting by itself. Messages you send wait until it is back.",
+  offline: "This device is offline: the chat reconnects when the network is back.",
+  disconnected: "A moderator ended your connection.",
+  stopped: "This room cannot be followed any more.",
+};
+// "Lobby · Django Twisted Chat": the part after the room's name.
+const SITE_TITLE = document.title.slice(document.title.lastIndexOf(" · ") + 3);
 
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const $ = (selector) => document.querySelector(selector);
+
+// The same page for another room: /chats/2/, /chats/long_poll/2/, /chats/2/?transport=stream
+function roomUrl(id) {
+  return location.pathname.replace(/\d+\/$/, `${id}/`) + location.search;
+}
+
+function roomFromUrl() {
+  const match = location.pathname.match(/(\d+)\/$/);
+  return match ? Number(match[1]) : null;
+}
 
 // The site header, rendered by Django for who the browser was when the page loaded.
 function showSignedIn(user) {
-  document.getElementById("site-signed-in").hidden = user === null;
-  document.getElementById("site-signed-out").hidden = user !== null;
-  document.querySelector("#site-signed-in .whoami").textContent = user ?? "";
+  $("#site-signed-in").hidden = user === null;
+  $("#site-signed-out").hidden = user !== null;
+  $("#site-signed-in .whoami").textContent = user ?? "";
 }
 
 // A login in another tab rotates the CSRF secret; the form's token must be the current one.
-document.getElementById("logout-form")?.addEventListener("submit", (event) => {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  if (match) event.target.elements.csrfmiddlewaretoken.value = decodeURIComponent(match[1]);
+$("#logout-form")?.addEventListener("submit", (event) => {
+  const token = csrfToken();
+  if (token) event.target.elements.csrfmiddlewaretoken.value = token;
 });
 
-class RoomView {
+class RoomPage {
   constructor(root) {
     this.root = root;
-    this.list = root.querySelector("#messages");
-    this.stateLabel = root.querySelector("#connection-state");
-    this.transportLabel = root.querySelector("#transport");
-    this.errorBox = root.querySelector("#error");
-    this.form = root.querySelector("#send-form");
-    this.input = root.querySelector("#message-input");
-    this.button = root.querySelector("#send-button");
-    this.loginHint = root.querySelector(".login-hint");
+    this.client = null; // set by start()
+    this.connectionError = null;
+    this.stateLabel = $("#connection-state");
+    this.transportLabel = $("#transport");
+    this.errorBox = $("#error");
+    this.reconnectButton = $("#reconnect");
+    this.typingLine = $("#typing");
+    this.loginHint = $(".login-hint");
+    this.skipLink = $(".skip-link");
+    this.composer = new Composer(
+      {
+        form: $("#send-form"),
+        box: $("#message-input"),
+        button: $("#send-button"),
+        counter: $("#char-counter"),
+        problem: $("#composer-error"),
+        label: $("#message-label"),
+      },
+      {
+        limit: () => this.maxLength,
+        actions: {
+          send: (text) => this.client.send(this.client.current.id, text),
+          typing: () => this.client.typing(this.client.current),
+          editLast: () => this.timeline.editLast(),
+        },
+      },
+    );
+    this.timeline = new Timeline(
+      {
+        scroller: $("#timeline"),
+        log: $("#messages"),
+        list: $("#message-list"),
+        edge: $("#history-edge"),
+        empty: $("#empty-room"),
+        jump: $("#new-messages"),
+      },
+      {
+        who: () => ({ user: this.client.user, isStaff: this.client.isStaff }),
+        loadOlder: (room) => this.client.loadOlder(room),
+        edit: (room, id, text) => this.client.edit(room, id, text),
+        askDelete: (room, id) => this.askDelete(room, id),
+        retry: (nonce) => this.client.retry(nonce),
+        discard: (nonce) => this.client.discard(nonce),
+        revise: (nonce) => this.revise(nonce),
+      },
+    );
+    this.nav = new RoomNav(
+      { nav: $("#room-nav"), list: $("#room-list"), toggle: $("#rooms-toggle"), close: $("#rooms-close") },
+      { open: (id) => this.go(id), urlOf: roomUrl },
+    );
+    this.people = new PeoplePanel({
+      panel: $("#people"),
+      list: $("#people-list"),
+      toggle: $("#people-toggle"),
+      count: $("#people-count"),
+    });
+    this.deleteDialog = $("#delete-dialog");
+    this.reconnectButton.addEventListener("click", () => this.client.reconnect());
+    addEventListener("online", () => this.showState());
+    addEventListener("offline", () => this.showState());
+    addEventListener("popstate", () => {
+      const id = roomFromUrl();
+      if (id !== null) this.client.open(id);
+    });
   }
 
-  get user() {
-    return this.root.dataset.username || null;
+  // The page's length limit, as Django rendered it.
+  get maxLength() {
+    return Number(this.root.dataset.maxLength);
   }
 
-  // --- the room's messages ---------------------------------------------------------------
-
-  onMessages(messages) {
-    const stick = this.nearBottom();
-    const fragment = document.createDocumentFragment();
-    for (const message of messages) fragment.append(this.messageRow(message));
-    // Messages still being sent stay below everything the server has stored.
-    this.list.insertBefore(fragment, this.list.querySelector("li.pending"));
-    if (stick) this.scrollToBottom();
+  start() {
+    const data = this.root.dataset;
+    this.client = new ChatClient({
+      room: data.roomId,
+      transport: data.transport,
+      user: data.username || null,
+      isStaff: data.isStaff === "1",
+      paths: {
+        ws: data.wsPath,
+        stream: data.streamPath,
+        poll: data.pollPath,
+        session: data.sessionPath,
+        rooms: data.roomsPath,
+        history: data.historyPath,
+      },
+      view: this,
+    });
+    const room = this.client.current;
+    room.name = $("#room-name").textContent;
+    room.description = $("#room-description").textContent;
+    history.replaceState({ room: room.id }, "");
+    // First in the page, before the site's header: one Tab from the top reaches it.
+    document.body.prepend(this.skipLink);
+    this.onRoomOpened(room, 0);
+    this.client.start();
+    this.composer.focus();
   }
 
-  onDeleted(id) {
-    this.list.querySelector(`li.message[data-id="${Number(id)}"]`)?.remove();
+  // The reader picked a room: the address follows, so Back returns here.
+  go(id) {
+    if (id === this.client.current.id) return;
+    history.pushState({ room: id }, "", roomUrl(id));
+    this.client.open(id);
+    this.composer.focus();
   }
 
-  messageRow(message) {
-    const when = new Date(message.ts);
-    const time = document.createElement("time");
-    time.className = "time";
-    time.dateTime = when.toISOString();
-    time.textContent = timeFormat.format(when);
+  // --- told by the client -----------------------------------------------------------------
 
-    const row = this.row(message.user, time, message.text);
-    row.dataset.id = String(message.id);
-    row.dataset.user = message.user;
-    row.classList.toggle("mine", message.user === this.user);
-    return row;
+  onRoomOpened(room, unread) {
+    this.root.dataset.roomId = String(room.id);
+    this.composer.setRoom(room.id);
+    this.showRoomName(room);
+    this.timeline.show(room, this.client.pendingIn(room), unread);
+    this.people.show(room, this.client.user);
+    showTyping(this.typingLine, room);
+    this.showRoomEnded(room);
+    this.showState();
   }
 
-  // --- messages not stored yet -------------------------------------------------------------
-
-  onQueued(entry) {
-    const status = document.createElement("span");
-    status.className = "status";
-    status.textContent = "waiting";
-
-    const row = this.row(this.user, status, entry.text);
-    row.classList.add("pending", "mine");
-    row.dataset.nonce = entry.nonce;
-    this.list.append(row);
-    this.scrollToBottom();
+  onRooms() {
+    const rooms = [...this.client.rooms.values()];
+    this.nav.show(rooms, this.client.current);
+    this.showRoomName(this.client.current); // the list may know it better than the page did
   }
 
-  onSending(entry) {
-    this.setStatus(entry.nonce, "sending…");
+  onSubscribed(room) {
+    if (room !== this.client.current) return;
+    this.timeline.updateEdge();
+    this.timeline.maybeLoadOlder();
   }
 
-  onWaiting(entry, error) {
-    this.setStatus(entry.nonce, "waiting", error.message);
+  onMessages(room, change) {
+    if (room === this.client.current) this.timeline.changed(change);
   }
 
-  // Stored and shown as a real message: the pending copy goes.
-  onSettled(nonce) {
-    this.pendingRow(nonce)?.remove();
+  onHistory(room, added) {
+    if (room === this.client.current) this.timeline.historyChanged(added);
   }
 
-  // Refused for good: the row stays, with the reason, so the text is not lost.
-  onFailed(entry, error) {
-    const row = this.pendingRow(entry.nonce);
-    if (!row) return;
-    row.classList.replace("pending", "failed");
-    row.querySelector(".status").textContent = `not sent: ${error.message}`;
+  onPending(room, record) {
+    if (room === this.client.current) this.timeline.pendingChanged(record);
+    const { state, error } = record;
+    // Refused for good, or held back by the rate limit: say why by the box too, until a
+    // later message goes through.
+    if (state === "failed" || (state === "waiting" && error.code === "rate_limited")) {
+      const words = describeError(error);
+      this.composer.showProblem(state === "failed" ? `Your message was not sent: ${words}.` : `${words}.`);
+    }
   }
 
-  pendingRow(nonce) {
-    return this.list.querySelector(`li.pending[data-nonce="${CSS.escape(nonce)}"]`);
+  onPendingGone(room, nonce) {
+    if (room === this.client.current) this.timeline.pendingGone(nonce);
   }
 
-  setStatus(nonce, label, reason = "") {
-    const row = this.pendingRow(nonce);
-    if (!row) return;
-    row.querySelector(".status").textContent = label;
-    row.title = reason;
+  onSent() {
+    this.composer.clearProblem();
   }
 
-  // --- connection and identity -------------------------------------------------------------
+  onPresence(room) {
+    if (room === this.client.current) this.people.show(room, this.client.user);
+  }
 
-  onState(state) {
-    this.stateLabel.textContent = state;
-    this.stateLabel.dataset.state = state;
-    if (state === "connected") this.onError(null);
-    // The room is gone or closed to us: nothing typed here could be sent.
-    this.input.disabled = state === "stopped";
-    this.button.disabled = state === "stopped";
+  onTyping(room) {
+    if (room === this.client.current) showTyping(this.typingLine, room);
+  }
+
+  // The server ended our subscription to the room, or we may follow it again.
+  onRoomAccess(room) {
+    if (room !== this.client.current) return;
+    this.showRoomEnded(room);
+    this.timeline.updateEdge();
+    this.people.show(room, this.client.user);
+    showTyping(this.typingLine, room);
+    this.showState();
+  }
+
+  onState() {
+    if (this.client.state === "connected") this.connectionError = null;
+    this.showState();
   }
 
   onTransport(name) {
     this.transportLabel.textContent = TRANSPORT_NAMES[name];
     this.transportLabel.dataset.transport = name;
+    this.showState();
   }
 
   onError(error) {
-    this.errorBox.textContent = error ? error.message : "";
-    this.errorBox.hidden = !error;
+    this.connectionError = error;
+    this.showError();
   }
 
   onIdentity(user) {
     showSignedIn(user);
     this.root.dataset.username = user ?? "";
     this.root.dataset.authenticated = String(user !== null);
-    this.form.hidden = user === null;
+    this.composer.form.hidden = user === null;
     this.loginHint.hidden = user !== null;
-    for (const row of this.list.querySelectorAll("li.message[data-id]")) {
-      row.classList.toggle("mine", row.dataset.user === user);
-    }
-    // The previous user's unsent messages are theirs: they stay stored, not shown.
-    for (const row of this.list.querySelectorAll("li.pending")) row.remove();
+    this.skipLink.href = user === null ? "#timeline" : "#message-input";
+    const room = this.client.current;
+    this.timeline.redraw(this.client.pendingIn(room)); // which messages are ours changed
+    this.people.show(room, user);
   }
 
-  // --- helpers -------------------------------------------------------------------------------
+  // --- what the page shows of the room and the connection ---------------------------------------
 
-  // author, then `meta` (the time, or a pending message's status), then the text
-  row(user, meta, text) {
-    const author = document.createElement("span");
-    author.className = "author";
-    author.textContent = user;
-
-    const body = document.createElement("span");
-    body.className = "text";
-    body.textContent = text;
-    // Each name and text is its own bidi isolate: right-to-left text reads right, and no
-    // direction control in one message can reorder anything around it.
-    author.dir = body.dir = "auto";
-
-    const row = document.createElement("li");
-    row.className = "message";
-    row.append(author, " ", meta, " ", body);
-    return row;
+  showRoomName(room) {
+    const name = room.name || `Room ${room.id}`;
+    $("#room-name").textContent = name;
+    $("#room-description").textContent = room.description;
+    $("#room-description").hidden = !room.description;
+    document.title = `${name} · ${SITE_TITLE}`;
+    this.composer.name(name);
   }
 
-  nearBottom() {
-    return this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 80;
+  showState() {
+    const room = this.client.current;
+    const state = room.ended ? "stopped" : navigator.onLine ? this.client.state : "offline";
+    this.stateLabel.textContent = state;
+    this.stateLabel.dataset.state = state;
+    const transport = this.transportLabel.textContent;
+    this.stateLabel.title = transport ? `${STATE_HINTS[state]} (${transport})` : STATE_HINTS[state];
+    this.reconnectButton.hidden = this.client.state !== "disconnected";
+    this.showError();
   }
 
-  scrollToBottom() {
-    this.list.scrollTop = this.list.scrollHeight;
+  showError() {
+    const error = this.client.current.ended ?? this.connectionError;
+    this.errorBox.textContent = error ? error.message : "";
+    this.errorBox.hidden = !error;
+  }
+
+  // The room is gone, closed, or barred to us: nothing typed here could be sent.
+  showRoomEnded(room) {
+    this.composer.disable(room.ended ? `You can't post here: ${describeError(room.ended)}.` : null);
+    if (!room.ended) this.composer.clearProblem();
+  }
+
+  // --- what the reader does -------------------------------------------------------------------
+
+  askDelete(room, id) {
+    const message = room.messages.get(id);
+    if (!message) return;
+    $("#delete-preview").textContent = message.text;
+    const dialog = this.deleteDialog;
+    dialog.returnValue = "";
+    dialog.addEventListener(
+      "close",
+      async () => {
+        if (dialog.returnValue !== "delete") return;
+        try {
+          await this.client.remove(room, id);
+        } catch (error) {
+          this.composer.showProblem(`The message was not deleted: ${describeError(error)}.`);
+        }
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  }
+
+  // A message too long to send: back to the box, to be shortened.
+  revise(nonce) {
+    const record = this.client.pending.get(nonce);
+    if (!record) return;
+    this.client.discard(nonce);
+    this.composer.put(record.entry.text);
   }
 }
 
-const root = document.getElementById("chat");
-const view = new RoomView(root);
-const client = new ChatClient({
-  room: root.dataset.roomId,
-  transport: root.dataset.transport,
-  user: view.user,
-  paths: {
-    ws: root.dataset.wsPath,
-    stream: root.dataset.streamPath,
-    poll: root.dataset.pollPath,
-    session: root.dataset.sessionPath,
-  },
-  view,
-});
-
-view.form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = view.input.value.trim();
-  if (!text) return;
-  try {
-    client.send(text);
-    view.input.value = "";
-  } catch (error) {
-    view.onError(error);
-  }
-});
-
-client.start();
-view.scrollToBottom();
+new RoomPage(document.getElementById("chat")).start();

@@ -1,25 +1,30 @@
 // The chat over Server-Sent Events (docs/protocol.md): the browser's own EventSource on
-// `GET /stream` receives; messages are sent with `POST /poll` (longpoll.js PostSender).
+// `GET /stream` receives for every room the page carries; commands are sent with
+// `POST /poll` (longpoll.js PostSender).
 //
-// EventSource reconnects by itself when a stream ends (the server ends each one after a
-// bounded number of bytes, and on shutdown) and resumes with Last-Event-ID, so most
-// reconnects need nothing from us. It gives up only when the server answers with an
-// error status; the event stream cannot say which, so a quick poll asks the same question
-// and gets the answer in JSON.
+// The page reconnects by itself, never the EventSource: a stream for several rooms carries
+// no `id:` lines, so only the page knows where each room is. Every stream that ends or
+// drops is closed and opened again with the current cursors in its URL. A refused stream
+// (an HTTP error, which EventSource cannot read) is explained by a poll that asks the same
+// question and gets the answer in JSON.
 
+import { requestJson } from "./http.js";
 import { ChatError } from "./errors.js";
-import { requestJson } from "./longpoll.js";
+import { RoomQuery } from "./subscriptions.js";
 import { Backoff } from "./timing.js";
+
+const CARRIED = new Set(["message", "edited", "deleted", "presence", "typing"]);
 
 export class StreamSubscription {
   constructor(link, path, pollPath) {
     this.link = link;
     this.path = path;
-    this.pollPath = pollPath;
+    this.query = new RoomQuery(link, pollPath);
     this.backoff = new Backoff();
     this.source = null;
+    this.asked = [];
     this.timer = null;
-    this.established = false; // this connection said `subscribed`
+    this.established = false; // this stream said `subscribed`
     this.stopped = true;
   }
 
@@ -31,14 +36,28 @@ export class StreamSubscription {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.close();
+  }
+
+  // The set of rooms changed: a stream carries the rooms in its URL, so open a new one.
+  update() {
+    if (this.stopped || this.source === null) return;
+    const rooms = new Set(this.query.cursors().map(([room]) => room));
+    if (rooms.size === this.asked.length && this.asked.every(([room]) => rooms.has(room))) return;
+    this.close();
+    this.open();
+  }
+
+  close() {
     this.source?.close();
     this.source = null;
   }
 
   open() {
-    const params = new URLSearchParams({ room: this.link.room });
-    if (this.link.lastId !== null) params.set("since", this.link.lastId);
-    const source = new EventSource(`${this.path}?${params}`);
+    clearTimeout(this.timer);
+    const asked = (this.asked = this.query.cursors());
+    if (!asked.length) return; // nothing to carry: update() opens one when there is
+    const source = new EventSource(this.query.url(this.path, asked));
     this.source = source;
     this.established = false;
     this.link.opening();
@@ -51,75 +70,90 @@ export class StreamSubscription {
   }
 
   receive(event) {
+    if (CARRIED.has(event.type)) {
+      this.link.deliver([event]);
+      return;
+    }
     switch (event.type) {
       case "subscribed":
         this.established = true;
         this.backoff.reset();
         this.link.connected();
-        break;
-      case "message":
-      case "deleted":
-        this.link.deliver([event]);
+        this.link.subscribed(event.room, event.last);
         break;
       case "error":
-        if (event.code === "session_ended") this.reopenAs();
-        else this.link.showError(ChatError.fromWire(event));
+        if (event.code === "session_ended") {
+          this.reopenAs();
+        } else if (event.code === "disconnected") {
+          this.stop();
+          this.link.ended(ChatError.fromWire(event));
+        } else {
+          this.link.showError(ChatError.fromWire(event));
+        }
         break;
       case "unsubscribed":
-        // The room was deleted or is no longer readable by us.
-        this.stop();
-        this.link.ended(new ChatError(event.code, event.message));
+        // The server ended one room's subscription (deleted, closed, banned): the next
+        // stream leaves it out.
+        this.link.roomEnded(event.room, new ChatError(event.code, event.message));
         break;
     }
   }
 
-  // The browser logged out or in. EventSource would come back at once, perhaps before
-  // the browser has stored the new cookie: reopen once the client knows who it is now.
+  // The browser logged out or in: reopen once the page knows who it is now (the browser
+  // may store the new cookie a moment after the server's word).
   async reopenAs() {
-    this.source.close();
-    this.source = null;
+    this.close();
     await this.link.sessionChanged();
     if (!this.stopped) this.open();
   }
 
   errored(source) {
     const wasEstablished = this.established;
-    this.established = false;
-    if (source.readyState === EventSource.CONNECTING) {
-      // The stream ended or dropped and the browser is already reconnecting. After a
-      // working stream that is routine (a recycled stream, a restart); a stream that
-      // never worked has failed.
-      if (wasEstablished) this.link.opening();
-      else this.link.failed();
+    const refused = source.readyState === EventSource.CLOSED;
+    this.close();
+    if (refused) {
+      this.diagnose(); // an HTTP error: ask why
       return;
     }
-    // Refused with an HTTP error: the browser will not retry.
-    source.close();
-    this.source = null;
-    this.diagnose();
+    // The stream ended or dropped. After a working stream that is routine (a recycled
+    // stream, a restart): the next one has to prove itself in turn. A stream that never
+    // worked has failed.
+    if (!wasEstablished) this.link.failed();
+    if (!this.stopped) this.timer = setTimeout(() => this.open(), this.backoff.next());
   }
 
   // Ask the same question over a poll that answers at once, to learn why.
   async diagnose() {
-    const params = new URLSearchParams({ room: this.link.room, timeout: 0 });
-    if (this.link.lastId !== null) params.set("since", this.link.lastId);
-    let delay;
+    const asked = this.asked;
+    let delay = this.backoff.next();
     try {
-      await requestJson(`${this.pollPath}?${params}`, { signal: AbortSignal.timeout(10_000) });
-      // The room is fine: the stream itself is what fails here.
-      this.link.failed();
-      delay = this.backoff.next();
+      await requestJson(this.query.url(this.query.pollPath, asked, { timeout: 0 }), {
+        signal: AbortSignal.timeout(10_000),
+      });
+      // The rooms are fine: the stream itself is what fails here. Perhaps only a stream for
+      // several rooms, which a server may not offer yet: then one room, at once.
+      if (this.query.askOneAtATime(asked)) delay = 0;
+      else this.link.failed();
     } catch (error) {
       if (this.stopped) return;
-      if (!error.retryable) {
-        this.stop();
-        this.link.ended(error);
+      if (error.retryable) {
+        this.link.showError(error);
+        this.link.disconnected();
+        if (error.retryAfter !== null) delay = error.retryAfter * 1000;
+      } else if (!(await this.settle(error, asked))) {
         return;
+      } else {
+        delay = 0; // what was refused is left out now
       }
-      this.link.showError(error);
-      this.link.disconnected();
-      delay = error.retryAfter === null ? this.backoff.next() : error.retryAfter * 1000;
     }
     if (!this.stopped) this.timer = setTimeout(() => this.open(), delay);
+  }
+
+  async settle(error, asked) {
+    try {
+      return await this.query.refused(error, asked);
+    } catch {
+      return true; // the server did not answer the questions: try again after a while
+    }
   }
 }

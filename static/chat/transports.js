@@ -7,9 +7,11 @@
 // ones are tried again after a growing delay, alongside the working one: the page moves
 // up only when the better one has proved itself, so it is never without a transport.
 //
-// Every switch resumes from the client's last id; the client drops what it has already
-// shown, so nothing is lost or shown twice.
+// Every switch resumes each room from the client's cursor; the client drops what it has
+// already shown, so nothing is lost or shown twice. Each transport carries every room the
+// page follows on one connection (websocket.js, stream.js, longpoll.js).
 
+import { connectionLost } from "./errors.js";
 import { PollLoop, PostSender } from "./longpoll.js";
 import { StreamSubscription } from "./stream.js";
 import { Backoff } from "./timing.js";
@@ -20,20 +22,21 @@ export const PROOF_MS = 4000;
 const PROBE_MIN_MS = 10_000;
 const PROBE_MAX_MS = 300_000;
 
-// Each transport: a receiver (start, stop) that reports to its link, and a sender that
-// the outbox uses to send one message and learn its id.
+// Each transport: a receiver (start, stop, update when the set of rooms changes) that
+// reports to its link, and a sender for the outbox's messages (send) and for edits,
+// deletions (command) and typing notices (notify).
 const BUILD = {
   websocket(link, paths) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const sender = new FrameSender(link.room);
+    const sender = new FrameSender();
     const receiver = new WebSocketSubscription(link, `${scheme}//${location.host}${paths.ws}`, sender);
     return { receiver, sender };
   },
   stream(link, paths) {
-    return { receiver: new StreamSubscription(link, paths.stream, paths.poll), sender: new PostSender(link.room, paths.poll) };
+    return { receiver: new StreamSubscription(link, paths.stream, paths.poll), sender: new PostSender(paths.poll) };
   },
   longpoll(link, paths) {
-    return { receiver: new PollLoop(link, paths.poll), sender: new PostSender(link.room, paths.poll) };
+    return { receiver: new PollLoop(link, paths.poll), sender: new PostSender(paths.poll) };
   },
 };
 
@@ -46,16 +49,19 @@ class Attempt {
     this.proofTimer = null;
     const client = selector.client;
     this.link = {
-      room: client.room,
-      get lastId() {
-        return client.lastId;
-      },
+      // [room, since] for every room to carry, the room on screen first
+      cursors: () => client.cursors(),
       opening: () => selector.opening(this),
       connected: () => selector.proved(this),
       failed: () => selector.failed(this),
       disconnected: () => this.current && client.disconnected(),
+      subscribed: (room, last) => this.current && client.subscribed(room, last),
       deliver: (events) => this.current && client.deliver(events),
-      ended: (error) => this.current && client.ended(error),
+      // A long-poll answer's cursor for a room.
+      reached: (room, last) => this.current && client.reached(room, last),
+      roomEnded: (room, error) => this.current && client.roomEnded(room, error),
+      // The connection was ended for good (a moderator): no reconnecting.
+      ended: (error) => this.current && client.connectionEnded(error),
       showError: (error) => this.current && client.showError(error),
       // Resolves when the client knows who it is now: reconnect after that.
       sessionChanged: async () => {
@@ -93,15 +99,29 @@ export class TransportSelector {
         return selector.current?.sender.ready ?? false;
       },
       send: (entry) => selector.current.sender.send(entry),
+      command: (fields) => selector.current?.sender.command(fields) ?? Promise.reject(connectionLost()),
+      notify: (fields) => selector.current?.sender.notify(fields),
     };
   }
 
+  get running() {
+    return this.current !== null;
+  }
+
   start() {
+    this.probeBackoff.reset();
     this.use(this.ladder[0]);
+  }
+
+  // The rooms to carry changed: each receiver subscribes or leaves as it must.
+  roomsChanged() {
+    this.current?.receiver.update();
+    this.candidate?.receiver.update();
   }
 
   stop() {
     clearTimeout(this.probeTimer);
+    this.probeTimer = null;
     this.candidate?.stop();
     this.current?.stop();
     this.candidate = this.current = null;
