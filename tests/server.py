@@ -275,9 +275,14 @@ def post_message(
     body: dict[str, Any] = {"room": room, "text": text}
     if nonce is not None:
         body["nonce"] = nonce
+    return post_command(session, server, **body)
+
+
+def post_command(session: requests.Session, server: ChatServerProcess, **fields: Any) -> requests.Response:
+    """POST /poll with any command (send, edit, delete, typing), as the page sends it."""
     return session.post(
         server.url + "/poll",
-        json=body,
+        json=fields,
         headers={"X-CSRFToken": session.cookies.get("csrftoken", ""), "Referer": server.url + "/chats/"},
         timeout=30,
     )

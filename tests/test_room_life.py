@@ -21,6 +21,7 @@ from .server import (
     base_env,
     login,
     poll,
+    post_command,
     post_message,
     recv_json,
     recv_until,
@@ -50,16 +51,6 @@ def presence_changes(ws, name: str, timeout: float) -> list[dict]:
             name in frame.get("joined", ()) or name in frame.get("left", ())
         ):
             found.append(frame)
-
-
-def write(session: requests.Session, server: ChatServerProcess, **fields) -> requests.Response:
-    """POST /poll with any command (send, edit, delete, typing)."""
-    return session.post(
-        server.url + "/poll",
-        json=fields,
-        headers={"X-CSRFToken": session.cookies.get("csrftoken", ""), "Referer": server.url + "/chats/"},
-        timeout=30,
-    )
 
 
 def ws_write(ws, **fields) -> dict:
@@ -144,7 +135,7 @@ def test_typing_reaches_the_others_not_the_typist_and_is_rate_limited(server):
         frame = recv_until(reader, lambda f: f.get("type") == "typing", everything=True)[-1]
         assert frame == {"type": "typing", "room": LOBBY, "user": "alice"}
         # Bob types over the long-poll; alice hears it, and neither heard their own.
-        assert write(bob, server, type="typing", room=LOBBY).json() == {"room": LOBBY}
+        assert post_command(bob, server, type="typing", room=LOBBY).json() == {"room": LOBBY}
         assert recv_until(typist, lambda f: f.get("type") == "typing", everything=True)[-1]["user"] == "bob"
         typist.send(json.dumps({"type": "send", "room": LOBBY, "text": "done typing"}))
         said = lambda f: f.get("text") == "done typing"  # noqa: E731
@@ -153,7 +144,7 @@ def test_typing_reaches_the_others_not_the_typist_and_is_rate_limited(server):
         own = recv_until(typist, said, everything=True)
         assert [f for f in own if f.get("type") == "typing"] == []
     # Anonymous readers cannot type.
-    assert write(requests.Session(), server, type="typing", room=LOBBY).status_code == 403
+    assert post_command(requests.Session(), server, type="typing", room=LOBBY).status_code == 403
 
 
 # --- editing and deleting -----------------------------------------------------------------
@@ -167,7 +158,9 @@ def test_authors_edit_and_delete_their_own_messages_within_the_window(server_fac
         subscribe(reader)
         sent = ws_write(author, type="send", room=LOBBY, text="teh typo", nonce="s1")
         # Bob may not touch it.
-        refused = write(bob, server, type="edit", room=LOBBY, id=sent["id"], text="mine now", nonce="b1")
+        refused = post_command(
+            bob, server, type="edit", room=LOBBY, id=sent["id"], text="mine now", nonce="b1"
+        )
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_allowed"
         edited = ws_write(author, type="edit", room=LOBBY, id=sent["id"], text="the typo", nonce="e1")
         assert edited == {
@@ -184,7 +177,7 @@ def test_authors_edit_and_delete_their_own_messages_within_the_window(server_fac
         # The same edit again (a retry with its nonce) changes nothing more.
         again = ws_write(author, type="edit", room=LOBBY, id=sent["id"], text="the typo", nonce="e1")
         assert again["seq"] == edited["seq"]
-        gone = write(alice, server, type="delete", room=LOBBY, id=sent["id"], nonce="d1")
+        gone = post_command(alice, server, type="delete", room=LOBBY, id=sent["id"], nonce="d1")
         assert gone.json() == {"room": LOBBY, "id": sent["id"], "seq": sent["id"] + 2, "nonce": "d1"}
         assert recv_until(reader, lambda f: f.get("type") == "deleted")[-1]["id"] == sent["id"]
         missing = ws_write(author, type="edit", room=LOBBY, id=sent["id"], text="back?", nonce="e2")
@@ -200,7 +193,7 @@ def test_authors_edit_and_delete_their_own_messages_within_the_window(server_fac
             return answer.get("code") == "not_allowed"
 
         wait_for(refused_late, 10, 0.5, "the edit window to close")
-        assert write(admin, server, type="delete", room=LOBBY, id=late["id"]).status_code == 200
+        assert post_command(admin, server, type="delete", room=LOBBY, id=late["id"]).status_code == 200
         assert recv_until(reader, lambda f: f.get("type") == "deleted" and f["id"] == late["id"])
     assert [m["id"] for m in poll(server, LOBBY).json()["messages"]] == []
 
@@ -209,8 +202,8 @@ def test_a_client_that_resumes_learns_of_edits_and_deletions_made_while_away(ser
     alice = login(server, "alice")
     ids = [post_message(alice, server, LOBBY, text).json()["id"] for text in ("one", "two", "three")]
     left_at = poll(server, LOBBY).json()["last"]
-    assert write(alice, server, type="edit", room=LOBBY, id=ids[0], text="ONE").status_code == 200
-    assert write(alice, server, type="delete", room=LOBBY, id=ids[1]).status_code == 200
+    assert post_command(alice, server, type="edit", room=LOBBY, id=ids[0], text="ONE").status_code == 200
+    assert post_command(alice, server, type="delete", room=LOBBY, id=ids[1]).status_code == 200
     expected = [("edited", ids[0]), ("deleted", ids[1])]
     # Long-poll: the next poll from where it was.
     answer = poll(server, LOBBY, since=left_at).json()
@@ -316,7 +309,7 @@ def test_django_code_in_any_process_posts_into_rooms_and_disconnects_users(
 def test_admin_message_times_are_dates_and_records_are_not_listed(server):
     alice, admin = login(server, "alice"), login(server, "admin")
     sent = post_message(alice, server, LOBBY, "an ordinary message").json()
-    write(alice, server, type="edit", room=LOBBY, id=sent["id"], text="an edited message")
+    post_command(alice, server, type="edit", room=LOBBY, id=sent["id"], text="an edited message")
     page = admin.get(server.url + "/admin/chat/message/", timeout=10).text
     assert len(re.findall(r"/admin/chat/message/\d+/change/", page)) == 1
 

@@ -77,6 +77,11 @@ class ChatMessage(_Encoded):
     target: int | None = None
     edited: int | None = None
 
+    def stored(self) -> tuple[object, ...]:
+        """What the database and Redis keep of an entry besides its room and id, in the
+        order both write it."""
+        return (self.ts, self.user, self.text, self.user_id, self.nonce, self.kind, self.target)
+
     @property
     def is_change(self) -> bool:
         """An edit or deletion: it changes another entry rather than showing itself."""

@@ -72,15 +72,6 @@ def disconnect_user(user_id: int, reason: str, room_id: int | None = None) -> No
     _tell("disconnect_user", user_id, reason, room_id)
 
 
-def room_changed(room_id: int) -> None:
-    _tell("room_changed", room_id)
-
-
-def bans_changed(room_id: int | None) -> None:
-    """A user was banned from (or let back into) a room, or every room (None)."""
-    _tell("bans_changed", room_id)
-
-
 def online(room_ids: list[int], timeout: float = 1.0) -> dict[int, list[str]]:
     """Who is in each room now (usernames, sorted); empty when no server in this process
     can be asked in time (a management command, or a server still starting)."""

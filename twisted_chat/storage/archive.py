@@ -263,17 +263,7 @@ def _lock_rooms_sql(count: int) -> str:
 
 
 def _to_params(message: ChatMessage, seq: int) -> tuple[object, ...]:
-    return (
-        message.room,
-        seq,
-        message.ts,
-        message.user,
-        message.text,
-        message.user_id,
-        message.nonce,
-        message.kind,
-        message.target,
-    )
+    return (message.room, seq, *message.stored())
 
 
 def ping() -> None:

@@ -48,17 +48,7 @@ return 1
 
 def _member(message: ChatMessage) -> str:
     return json.dumps(
-        [
-            message.id,
-            message.ts,
-            message.user,
-            message.text,
-            message.user_id,
-            message.nonce,
-            message.kind,
-            message.target,
-            message.edited,
-        ],
+        [message.id, *message.stored(), message.edited],
         ensure_ascii=False,
         separators=(",", ":"),
     )
