@@ -1,10 +1,6 @@
 """The room page as a person uses it, in real Chromium against a real server: sending and
 its failures, the message box, how messages are shown, history, several rooms, phones, the
 keyboard, presence and typing, edits and deletions.
-
-Tests that need a server feature which is not there yet are marked ``xfail(strict=True)``
-with the feature named: they fail until the server has it, then fail again (XPASS) until
-the mark is removed.
 """
 
 from __future__ import annotations
@@ -33,11 +29,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LOBBY, SECOND = 1, 2
 TRANSPORTS = {"websocket": "/chats/{room}/?transport=websocket", "longpoll": "/chats/long_poll/{room}/"}
 ALL_TRANSPORTS = {**TRANSPORTS, "stream": "/chats/{room}/?transport=stream"}
-# The stream does not take several rooms yet (GET /stream?rooms=): the page then follows
-# the room on screen only, so rooms not on screen count nothing.
-WAITS_FOR_MULTI_ROOM_STREAM = pytest.mark.xfail(
-    strict=True, reason="waits for the server: GET /stream?rooms=1:5,2:7 (several rooms on one stream)"
-)
 # Where test_screenshots_for_the_docs saves its pictures when CHAT_SCREENSHOTS=1.
 DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
@@ -453,9 +444,7 @@ def test_older_history_loads_at_the_top_keeping_the_place_back_to_the_first_mess
 # --- several rooms ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "transport", [*TRANSPORTS, pytest.param("stream", marks=WAITS_FOR_MULTI_ROOM_STREAM)]
-)
+@pytest.mark.parametrize("transport", ALL_TRANSPORTS)
 def test_the_sidebar_counts_unread_messages_of_rooms_not_on_screen(browser, server, transport):
     connections: list[str] = []  # what the page opened to receive: sockets, streams, polls
 
@@ -502,9 +491,7 @@ def test_the_sidebar_counts_unread_messages_of_rooms_not_on_screen(browser, serv
     )
 
 
-@pytest.mark.parametrize(
-    "transport", [*TRANSPORTS, pytest.param("stream", marks=WAITS_FOR_MULTI_ROOM_STREAM)]
-)
+@pytest.mark.parametrize("transport", ALL_TRANSPORTS)
 def test_switching_rooms_keeps_everything_and_back_and_forward_work(browser, server, transport):
     page = open_page(browser, server, "alice", room_path(transport))
     page.evaluate("window.notReloaded = true")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import json
 import re
 import signal
@@ -54,8 +55,9 @@ class Event:
     data: str
     last_event_id: str
 
-    @property
+    @functools.cached_property
     def json(self) -> dict[str, Any]:
+        """Parsed once: waits re-read every event many times while the reader thread runs."""
         return json.loads(self.data)
 
 
@@ -91,12 +93,13 @@ class EventStreamParser:
             text = text.removeprefix("\n")  # the LF of a CRLF split between reads
             self._after_cr = False
         buffer = self._pending + text
-        end = 0
-        for match in _LINE.finditer(buffer):
+        # Only up to the last line break: the regex would rescan an unfinished line from
+        # each of its characters, quadratic in a long line that comes in many reads.
+        complete = max(buffer.rfind("\r"), buffer.rfind("\n")) + 1
+        for match in _LINE.finditer(buffer, 0, complete):
             self._line(match.group(1))
-            end = match.end()
-            self._after_cr = match.group(2) == "\r" and end == len(buffer)
-        self._pending = buffer[end:]
+            self._after_cr = match.group(2) == "\r" and match.end() == len(buffer)
+        self._pending = buffer[complete:]
 
     def _line(self, line: str) -> None:
         if not line:
@@ -183,9 +186,10 @@ class EventStream:
     def __init__(
         self,
         server: ChatServerProcess,
-        room: int | str,
+        room: int | str | None,
         *,
         since: int | str | None = None,
+        rooms: str | None = None,
         last_event_id: str | None = None,
         session: requests.Session | None = None,
         origin: str | None = None,
@@ -194,7 +198,7 @@ class EventStream:
         read: bool = True,
         method: str = "GET",
     ):
-        params: dict[str, Any] = {"room": room}
+        params: dict[str, Any] = {"room": room} if room is not None else {"rooms": rooms}
         if since is not None:
             params["since"] = since
         head = [
@@ -587,6 +591,62 @@ def test_errors_before_the_stream_opens_are_json_with_the_status(server):
     refused = EventStream(server, LOBBY, method="POST")
     assert_refused(refused, 405, "method_not_allowed")
     assert refused.headers["allow"] == "GET"
+
+
+def test_one_stream_for_several_rooms_carries_each_from_its_own_place(server):
+    alice = login(server, "alice")
+    post_all(alice, server, LOBBY, ["l1", "l2", "l3"])
+    post_all(alice, server, SECOND, ["s1", "s2"])
+    with EventStream(server, None, rooms=f"{LOBBY}:1,{SECOND}", session=alice) as stream:
+        wait_for(lambda: len(stream.messages) == 4, what="both rooms' history")
+        by_room = {
+            room: [(m["id"], m["text"]) for m in stream.messages if m["room"] == room] for room in (1, 2)
+        }
+        assert by_room == {LOBBY: [(2, "l2"), (3, "l3")], SECOND: [(1, "s1"), (2, "s2")]}
+        subscribed = [d for d in stream.data if d["type"] == "subscribed"]
+        assert subscribed == [
+            {"type": "subscribed", "room": LOBBY, "last": 3},
+            {"type": "subscribed", "room": SECOND, "last": 2},
+        ]
+        wait_for(
+            lambda: len([e for e in stream.all_events if e.json["type"] == "presence"]) == 2, what="presence"
+        )
+        post_all(alice, server, SECOND, ["live in second"])
+        post_all(alice, server, LOBBY, ["live in lobby"])
+        wait_for(lambda: len(stream.messages) == 6, what="live messages in both rooms")
+        assert [(m["room"], m["id"]) for m in stream.messages[4:]] == [(SECOND, 3), (LOBBY, 4)]
+        # One cursor cannot say where two rooms are: no id lines, the client keeps them.
+        assert [line for line in stream.parser.lines if line[0] == "id"] == []
+        assert stream.parser.lines[0] == ("retry", "2000")
+
+
+def test_a_room_a_several_room_stream_cannot_read_is_an_event_and_the_others_carry_on(server):
+    admin, alice = login(server, "admin"), login(server, "alice")
+    with EventStream(server, None, rooms=f"{MISSING},{LOBBY}:0,{SECOND}:0") as stream:
+        wait_for(lambda: len([d for d in stream.data if d["type"] == "subscribed"]) == 2, what="two rooms")
+        refused = [d for d in stream.data if d["type"] == "unsubscribed"]
+        assert [(d["room"], d["code"]) for d in refused] == [(MISSING, "unknown_room")]
+        # A room made private ends its subscription, not the stream.
+        changes = {"is_private": "on", "members": [str(USER_IDS["alice"])]}
+        admin_change(admin, server, f"/admin/chat/chatroom/{SECOND}/change/", changes)
+        wait_for(lambda: stream.data[-1]["type"] == "unsubscribed", what="the room's end")
+        assert (stream.data[-1]["room"], stream.data[-1]["code"]) == (SECOND, "unknown_room")
+        post_all(alice, server, LOBBY, ["still here"])
+        assert stream.wait_ids(1) == [1] and stream.ended is None
+    # No room left to carry: the stream says why for each and ends.
+    with EventStream(server, None, rooms=f"{MISSING},{SECOND}") as nothing:
+        assert nothing.wait_ended() == "clean"
+        assert [(d["room"], d["code"]) for d in nothing.data] == [
+            (MISSING, "unknown_room"),
+            (SECOND, "unknown_room"),
+        ]
+
+
+def test_a_several_room_stream_is_refused_with_json_for_bad_lists(server):
+    assert_refused(EventStream(server, None, rooms="1:x"), 400, "bad_request")
+    assert_refused(EventStream(server, None, rooms=""), 400, "bad_request")
+    too_many = ",".join(str(room) for room in range(1, 52))
+    assert_refused(EventStream(server, None, rooms=too_many), 429, "too_many_rooms")
 
 
 # --- 2. every transport, one order -------------------------------------------------------

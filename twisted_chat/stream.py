@@ -1,9 +1,11 @@
-"""The chat as Server-Sent Events: ``GET /stream?room=R&since=N`` (``text/event-stream``).
+"""The chat as Server-Sent Events: ``GET /stream?room=R&since=N`` (``text/event-stream``),
+or ``GET /stream?rooms=1:5,2:7`` for several rooms.
 
 A thin adapter over the room core (``hub``), like the WebSocket and the long-poll: one
 response held open per client, on the reactor. Each event is ``data:`` and the same JSON
-object the other transports carry; a message's event also has ``id:`` (its id), so the
-browser's ``EventSource`` resumes after any reconnect by sending ``Last-Event-ID``.
+object the other transports carry; on a one-room stream a message's event also has ``id:``
+(its id), so the browser's ``EventSource`` resumes after any reconnect by sending
+``Last-Event-ID``.
 
 The bytes of a batch of events are built once per process, chunked framing included,
 and written as they are to every stream of the room.
@@ -41,11 +43,11 @@ log = logging.getLogger(__name__)
 _HEARTBEAT = b":\n\n"
 
 
-def event_bytes(event: RoomEvent) -> bytes:
-    """One event as SSE: a message carries its id, which is the stream's cursor."""
-    if isinstance(event, ChatMessage):
+def event_bytes(event: RoomEvent, with_id: bool = True) -> bytes:
+    """One event as SSE: on a one-room stream a message carries its id, the stream's cursor."""
+    if with_id and isinstance(event, ChatMessage):
         return event.encoded("sse", _message_event(event.id))
-    return event.encoded("sse", _data_event)
+    return event.encoded("sse-data", _data_event)
 
 
 def _message_event(message_id: int) -> Any:
@@ -60,13 +62,24 @@ def _json_event(obj: dict[str, Any]) -> bytes:
     return _data_event(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
+def _subscribed_event(room_id: int, last: int, present: PresenceUpdate | None) -> bytes:
+    event = _json_event({"type": "subscribed", "room": room_id, "last": last})
+    return event + (event_bytes(present) if present is not None else b"")
+
+
+def _unsubscribed_event(room_id: int, error: ProtocolError) -> bytes:
+    return _json_event(
+        {"type": "unsubscribed", "room": room_id, "code": error.code, "message": error.message}
+    )
+
+
 def _chunk(data: bytes) -> bytes:
     """HTTP/1.1 chunked framing, which twisted.web would otherwise add at every write."""
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class _Stream:
-    """One open ``GET /stream`` as the hub's client."""
+    """One open ``GET /stream`` for one room, as the hub's client."""
 
     def __init__(self, resource: StreamResource, request: Request, room_id: int, since: int | None):
         self.resource = resource
@@ -90,6 +103,9 @@ class _Stream:
     @property
     def _tcp(self) -> Any:
         return self.request.channel.transport
+
+    def start(self, client: Client) -> None:
+        client.subscribe(self.room_id, self.since)
 
     def _finished(self, _: object) -> None:
         """The stream ended, or the client left: either way it is over."""
@@ -160,9 +176,10 @@ class _Stream:
 
     # --- the hub's ClientSink -------------------------------------------------------------
 
-    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
+    def open_stream(self) -> bool:
+        """Send the 200 and its headers; from now on errors are events."""
         if self.done or not can_answer(self.request):
-            return
+            return False
         request = self.request
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         # no-transform: a proxy that compresses would hold events back to fill its blocks.
@@ -176,14 +193,20 @@ class _Stream:
         request.registerProducer(self, True)
         self.resource.streams.add(self)
         self.resource.beat_while_open()
+        return True
+
+    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
+        # One room: the stream opens once the room is known to be readable, so that a
+        # refusal is an HTTP status.
+        if not self.open_stream():
+            return
         preamble = b"retry: %d\n" % self.resource.retry_ms
         self.last = last
         if self.since is not None:
             # Resuming: the cursor is known now, whether or not a message follows.
             preamble += b"id: %d\n" % min(self.since, last)
             self.placed = True
-        event = {"type": "subscribed", "room": room_id, "last": last}
-        self.write(preamble + _json_event(event) + (event_bytes(present) if present is not None else b""))
+        self.write(preamble + _subscribed_event(room_id, last, present))
 
     def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
         if self.done:
@@ -207,8 +230,7 @@ class _Stream:
         self.fail(error)
 
     def subscription_ended(self, room_id: int, error: ProtocolError) -> None:
-        event = {"type": "unsubscribed", "room": room_id, "code": error.code, "message": error.message}
-        self.end(_json_event(event), error)
+        self.end(_unsubscribed_event(room_id, error), error)
 
     def session_ended(self) -> None:
         """The browser logged out or in: its ``EventSource`` comes back at once with the
@@ -228,6 +250,51 @@ class _Stream:
         self.resource.slow_dropped += 1
         self.done = True
         self._tcp.abortConnection()
+
+
+class _RoomsStream(_Stream):
+    """``GET /stream?rooms=1:5,2:7``: one stream for several rooms, as a page with a sidebar
+    reads. It carries no ``id:`` lines (one cursor cannot say where each room is): the
+    client keeps a cursor per room and reconnects itself, with them in the URL.
+
+    The stream opens at once; a room that cannot be read, or stops being readable, is an
+    ``unsubscribed`` event and the others carry on."""
+
+    def __init__(self, resource: StreamResource, request: Request, rooms: dict[int, int | None]):
+        super().__init__(resource, request, next(iter(rooms)), None)
+        self.rooms = rooms
+        self.carried = set(rooms)
+
+    def start(self, client: Client) -> None:
+        if self.open_stream():
+            self.write(b"retry: %d\n\n" % self.resource.retry_ms)
+            for room_id, since in self.rooms.items():
+                client.subscribe(room_id, since)
+
+    def subscribed(self, room_id: int, last: int, present: PresenceUpdate | None) -> None:
+        if not self.done:
+            self.write(_subscribed_event(room_id, last, present))
+
+    def deliver(self, room_id: int, events: Sequence[RoomEvent]) -> None:
+        if self.done:
+            return
+        data, chunked = self.resource.bytes_of(events, with_ids=False)
+        self.resource.delivered += len(events)
+        self.write_shared(data, chunked)
+
+    def caught_up(self, room_id: int) -> None:
+        """Nothing to place: the client's cursors come from the events' own ids."""
+
+    def subscribe_failed(self, room_id: int, error: ProtocolError) -> None:
+        self.subscription_ended(room_id, error)
+
+    def subscription_ended(self, room_id: int, error: ProtocolError) -> None:
+        self.carried.discard(room_id)
+        if self.carried:
+            if not self.done:
+                self.write(_unsubscribed_event(room_id, error))
+        else:
+            self.end(_unsubscribed_event(room_id, error), error)
 
 
 class StreamResource(Resource):
@@ -263,32 +330,36 @@ class StreamResource(Resource):
         self._heartbeat.clock = reactor
         # The bytes built for the batch being fanned out.
         self._batch: Sequence[RoomEvent] = ()
-        self._bytes = (b"", b"")
+        self._bytes: dict[bool, tuple[bytes, bytes]] = {}
 
     def render(self, request: Request) -> bytes | int:
         if request.method != b"GET":
             request.setHeader(b"allow", b"GET")
             return error_body(request, ProtocolError("method_not_allowed", "use GET to stream"))
         try:
-            room_id, since = self._parse(request)
+            stream = self._parse(request)
         except ProtocolError as error:
             return error_body(request, error)
         session_key, browser_key = keys_from_cookies(header_text(request, b"cookie"))
         identity = Identity(session_key, browser_key)
-        stream = _Stream(self, request, room_id, since)
         d = self._hub.authenticate(session_key).addCallback(self._admit, stream, identity)
         d.addErrback(lambda failure: stream.fail(as_protocol_error(failure)))
         return NOT_DONE_YET
 
-    def _parse(self, request: Request) -> tuple[int, int | None]:
+    def _parse(self, request: Request) -> _Stream:
         self._origins.check(request, "stream")
+        rooms = query_arg(request, b"rooms")
+        if rooms is not None:
+            return _RoomsStream(self, request, wire.parse_rooms(rooms, self._hub.max_rooms_per_client))
         room_id = wire.parse_room(query_arg(request, b"room"))
         # EventSource sends the id of the last event it received when it reconnects, to
         # the URL it first opened: that id is the newer cursor.
         last_event_id = request.getHeader(b"last-event-id")
         if last_event_id is not None:
-            return room_id, wire.parse_since(last_event_id.decode("latin-1").strip())
-        return room_id, wire.parse_since(query_arg(request, b"since"))
+            since = wire.parse_since(last_event_id.decode("latin-1").strip())
+        else:
+            since = wire.parse_since(query_arg(request, b"since"))
+        return _Stream(self, request, room_id, since)
 
     def _admit(self, author: Author | None, stream: _Stream, identity: Identity) -> None:
         if stream.done:
@@ -302,14 +373,17 @@ class StreamResource(Resource):
             client.close()
             return
         stream.client = client
-        client.subscribe(stream.room_id, stream.since)
+        stream.start(client)
 
-    def bytes_of(self, events: Sequence[RoomEvent]) -> tuple[bytes, bytes]:
+    def bytes_of(self, events: Sequence[RoomEvent], with_ids: bool = True) -> tuple[bytes, bytes]:
         """A batch's events, plain and as one HTTP chunk, shared by every stream it reaches."""
         if events is not self._batch:
-            data = b"".join([event_bytes(event) for event in events])
-            self._batch, self._bytes = events, (data, _chunk(data))
-        return self._bytes
+            self._batch, self._bytes = events, {}
+        built = self._bytes.get(with_ids)
+        if built is None:
+            data = b"".join([event_bytes(event, with_ids) for event in events])
+            built = self._bytes[with_ids] = (data, _chunk(data))
+        return built
 
     def beat_while_open(self) -> None:
         if not self._heartbeat.running and self._heartbeat_interval > 0:
