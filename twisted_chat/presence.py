@@ -8,9 +8,11 @@ one entry: they join once, and leave when the last one goes.
 
 Each process counts its own users per room and writes them as one entry of the shared
 ``Presence`` store (Redis, or this process's memory), which expires unless refreshed: a
-process that dies takes its users with it within ``ttl``. After a change a process tells
-the others (``tell_others``, over Redis) to read the room again; each also reads the rooms it serves
-every ``interval``, which is how a crashed process's users are seen to leave.
+process that dies takes its users with it within ``ttl``. After a change a process writes
+its entry and tells the others (``tell_others``, over Redis) to read the room again, once
+per ``settle`` seconds at most, so that a crowd arriving together costs one write and one
+notice; each also reads the rooms it serves every ``ttl/3``, which is how a crashed
+process's users are seen to leave.
 
 Every change of who is present is announced once per process as ``(joined, left)``
 usernames; the room core hands it to that process's clients.
@@ -47,15 +49,16 @@ class _Here:
 
 
 class _RoomUsers:
-    __slots__ = ("followed", "here", "others", "present", "read")
+    __slots__ = ("followed", "here", "listed", "others", "present", "read")
 
     def __init__(self) -> None:
         # This process's users, by id.
         self.here: dict[int, _Here] = {}
         # The other processes' users, as last read from the store.
         self.others: dict[int, str] = {}
-        # Who was last announced as present.
+        # Who was last announced as present, and as the sorted names ``users`` gives.
         self.present: dict[int, str] = {}
+        self.listed: tuple[str, ...] = ()
         # Whether this process has clients in the room (and so wants its changes).
         self.followed = 0
         self.read: Deferred[Any] | None = None
@@ -68,11 +71,16 @@ class PresenceTracker:
         store: Presence,
         process_id: str,
         ttl: float = 15.0,
+        settle: float = 0.1,
     ):
         self._reactor = reactor
         self._store = store
         self._key = process_id
         self._ttl = ttl
+        self._settle = settle
+        # Rooms whose entry is to be written (or removed) and told about, and when.
+        self._unwritten: set[int] = set()
+        self._flush: Any = None
         # Set by the room core, which hands changes to its clients.
         self.announce: Announce = lambda room_id, joined, left: None
         # Set by ``notices`` when there are other processes to tell.
@@ -89,9 +97,13 @@ class PresenceTracker:
     def stop(self) -> None:
         if self._ticks.running:
             self._ticks.stop()
-        for room_id, room in self._rooms.items():
-            if room.here:
-                self._store.remove(room_id, self._key)
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        written = {room_id for room_id, room in self._rooms.items() if room.here}
+        for room_id in written | self._unwritten:
+            self._store.remove(room_id, self._key)
+        self._unwritten.clear()
 
     # --- the room core's side --------------------------------------------------------------
 
@@ -122,7 +134,7 @@ class PresenceTracker:
 
     def users(self, room_id: int) -> tuple[str, ...]:
         room = self._rooms.get(room_id)
-        return tuple(sorted(set(room.present.values()))) if room is not None else ()
+        return room.listed if room is not None else ()
 
     def arrive(self, room_id: int, author: Author) -> None:
         room = self._room(room_id)
@@ -179,13 +191,30 @@ class PresenceTracker:
         now_present.update((uid, here.name) for uid, here in room.here.items())
         joined = tuple(sorted({name for uid, name in now_present.items() if uid not in room.present}))
         left = tuple(sorted({name for uid, name in room.present.items() if uid not in now_present}))
-        room.present = now_present
+        if now_present != room.present:
+            room.present = now_present
+            room.listed = tuple(sorted(set(now_present.values())))
         if local and (joined or left):
-            self._write(room_id, room)
-            self.tell_others(room_id)
+            self._write_soon(room_id)
         if (joined or left) and room.followed:
             self.announce(room_id, joined, left)
         self._drop_if_unused(room_id, room)
+
+    def _write_soon(self, room_id: int) -> None:
+        self._unwritten.add(room_id)
+        if self._flush is None:
+            self._flush = self._reactor.callLater(self._settle, self._write_unwritten)
+
+    def _write_unwritten(self) -> None:
+        self._flush = None
+        rooms, self._unwritten = self._unwritten, set()
+        for room_id in sorted(rooms):
+            room = self._rooms.get(room_id)
+            if room is None:
+                self._store.remove(room_id, self._key)  # nobody left here: the room was dropped
+            else:
+                self._write(room_id, room)
+            self.tell_others(room_id)
 
     def _write(self, room_id: int, room: _RoomUsers) -> None:
         if room.here:
