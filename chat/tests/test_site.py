@@ -26,6 +26,18 @@ def test_pages_link_the_icons_and_the_site_styles_before_the_chat_styles(client)
     assert finders.find("favicon.svg") and finders.find("chat/site.css")
 
 
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [("/chats/", "#main"), ("/accounts/login/", "#main"), ("/chats/1/", "#message-input")],
+)
+def test_every_page_starts_with_a_skip_link_to_what_it_is_for(client, url, target):
+    html = client.get(url).content.decode()
+    body = html[html.index("<body>") + len("<body>") :].lstrip()
+    assert body.startswith(f'<a class="skip-link" href="{target}">'), body[:120]
+    assert html.count('class="skip-link"') == 1
+    assert '<main id="main" tabindex="-1"' in html
+
+
 # --- error pages with DEBUG off --------------------------------------------------------------
 
 

@@ -142,8 +142,6 @@ class RoomPage {
     room.name = $("#room-name").textContent;
     room.description = $("#room-description").textContent;
     history.replaceState({ room: room.id }, "");
-    // First in the page, before the site's header: one Tab from the top reaches it.
-    document.body.prepend(this.skipLink);
     this.onRoomOpened(room, 0);
     this.client.start();
     this.composer.focus();
