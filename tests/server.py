@@ -97,7 +97,9 @@ class ChatServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def start(self, timeout: float = 30.0) -> ChatServerProcess:
+    def start(self, timeout: float = 90.0) -> ChatServerProcess:
+        """Returns once /healthz answers. The bound is generous: a server that exits fails
+        at once, and a loaded 2-core machine has taken over 30 s to start one."""
         env = base_env(self.database_url)
         env.update(
             CHAT_PORT=str(self.port),
