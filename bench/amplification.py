@@ -19,13 +19,12 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
 from websockets.sync.client import connect
 
-from .run import ROOT, Server
+from .run import ROOT, Server, running
 
 ROOM = 1
 
@@ -94,19 +93,13 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.02)
     parser.add_argument("--settle", type=float, default=10, help="seconds to read what was sent")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        server = Server("ours", Path(folder), root=args.root.resolve())
-        server.env.update(CHAT_MAX_CONNECTIONS_PER_IP="200")
-        server.start()
-        try:
-            fill(server, args.messages)
-            time.sleep(1)
-            before = server.rss()
-            sock = attack(server.port, args.subscribes, args.interval)
-            received, peak = drain(sock, server, args.settle)
-            sock.close()
-        finally:
-            server.stop()
+    with running("ours", args.root.resolve(), CHAT_MAX_CONNECTIONS_PER_IP="200") as server:
+        fill(server, args.messages)
+        time.sleep(1)
+        before = server.rss()
+        sock = attack(server.port, args.subscribes, args.interval)
+        received, peak = drain(sock, server, args.settle)
+        sock.close()
     print(
         f"{args.subscribes} subscribes with since=0 over {args.messages} messages of 4000 characters, "
         f"from a socket that does not read until it has sent them all: the server sent it "

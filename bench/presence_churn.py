@@ -16,14 +16,13 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from .run import ROOT, Server
+from .run import ROOT, Server, running
 
 ROOM = 1
 
@@ -172,15 +171,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to let each phase finish")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        server = Server("ours-redis", Path(folder), root=args.root.resolve())
-        server.env.update(CHAT_MAX_CONNECTIONS_PER_IP="0")
-        server.start()
-        try:
-            cookies = sessions(server, args.users)
-            result = asyncio.run(crowd(server, cookies, args.settle))
-        finally:
-            server.stop()
+    with running("ours-redis", args.root.resolve(), CHAT_MAX_CONNECTIONS_PER_IP="0") as server:
+        cookies = sessions(server, args.users)
+        result = asyncio.run(crowd(server, cookies, args.settle))
     print(json.dumps(result, indent=1))
 
 

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,19 @@ class Server:
                 worker.kill()
         if self.redis is not None:
             self.redis.stop()
+
+
+@contextlib.contextmanager
+def running(kind: str, root: Path = ROOT, **env: str) -> Iterator[Server]:
+    """One server in a temporary directory, with ``env`` on top of the bench's settings,
+    stopped at the end: for the benches that measure one thing against one build."""
+    with tempfile.TemporaryDirectory() as folder:
+        server = Server(kind, Path(folder), root=root)
+        server.env.update(env)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
 
 
 def own_cpu() -> float:

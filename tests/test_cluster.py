@@ -8,6 +8,7 @@ a fresh PostgreSQL database when the suite runs with DATABASE_URL=postgres://...
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,7 +46,8 @@ class Reader:
     """A WebSocket subscribed to a room, read by a thread: ids, acks and errors as they come."""
 
     def __init__(self, server: ChatServerProcess, session: requests.Session, room: int, since: int = 0):
-        self.ws = ws_connect(server, session)
+        self._sockets = contextlib.ExitStack()
+        self.ws = self._sockets.enter_context(ws_connect(server, session))
         self.ws.send(json.dumps({"type": "subscribe", "room": room, "since": since}))
         recv_until(self.ws, lambda f: f.get("type") == "subscribed")
         self.room = room
@@ -76,7 +78,7 @@ class Reader:
         self.ws.send(json.dumps({"type": "send", "room": self.room, "text": text, "nonce": nonce}))
 
     def close(self) -> None:
-        self.ws.close()
+        self._sockets.close()
         self._thread.join(5)
 
 
@@ -305,7 +307,8 @@ def test_limits_per_user_hold_across_processes(cluster):
 
 def _can_connect(server: ChatServerProcess, session: requests.Session) -> bool:
     try:
-        ws_connect(server, session).close()
+        with ws_connect(server, session):
+            pass
     except InvalidStatus:
         return False
     return True

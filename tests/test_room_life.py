@@ -6,6 +6,7 @@ These pin the protocol of docs/protocol.md ("Presence", "Typing", "Editing and d
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -65,9 +66,9 @@ def ws_write(ws, **fields) -> dict:
 def test_presence_is_users_not_connections_on_every_transport(server_factory):
     server = server_factory({"CHAT_PRESENCE_GRACE": "3"})
     alice, bob = login(server, "alice"), login(server, "bob")
-    with ws_connect(server, bob) as watcher:
+    with contextlib.ExitStack() as sockets, ws_connect(server, bob) as watcher:
         assert subscribe(watcher)[-1] == {"type": "presence", "room": LOBBY, "users": ["bob"]}
-        first = ws_connect(server, alice)
+        first = sockets.enter_context(ws_connect(server, alice))
         subscribe(first)
         joined = recv_until(watcher, lambda f: f.get("type") == "presence", everything=True)[-1]
         assert joined == {"type": "presence", "room": LOBBY, "joined": ["alice"], "left": []}
@@ -109,9 +110,9 @@ def test_a_dead_process_users_leave_within_the_grace_period(server_factory, shar
     a = server_factory(env, database=shared_database)
     b = server_factory(env, database=shared_database)
     alice, bob = login(a, "alice"), login(b, "bob")
-    with ws_connect(b, bob) as watcher:
+    with contextlib.ExitStack() as sockets, ws_connect(b, bob) as watcher:
         subscribe(watcher)
-        on_a = ws_connect(a, alice)
+        on_a = sockets.enter_context(ws_connect(a, alice))
         subscribe(on_a)
         joined = recv_until(watcher, lambda f: "alice" in f.get("joined", ()), everything=True)[-1]
         assert joined["joined"] == ["alice"]
