@@ -21,6 +21,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST, require_safe
 
 from twisted_chat import live
+from twisted_chat.events import ChatMessage
 
 from . import throttle
 from .forms import RoomForm, SignupForm
@@ -199,24 +200,6 @@ def _whole_number(request: HttpRequest, name: str, low: int) -> int | None:
     return int(value)
 
 
-def _wire_message(room_id: int, row: dict[str, Any]) -> dict[str, Any]:
-    """A stored message as the chat server sends it live (``twisted_chat.events.ChatMessage``)."""
-    system = row["kind"] == Message.SYSTEM
-    wire = {
-        "type": "message",
-        "room": room_id,
-        "id": row["seq"],
-        "ts": row["ts"],
-        "user": "" if system else row["username"],
-        "text": row["text"],
-    }
-    if row["edited"] is not None:
-        wire["edited"] = row["edited"]
-    if system:
-        wire["system"] = True
-    return wire
-
-
 @require_safe
 def history(request: HttpRequest, room_id: int) -> JsonResponse:
     """Older messages for a room page scrolling back: the newest ``limit`` before id ``before``
@@ -235,10 +218,17 @@ def history(request: HttpRequest, room_id: int) -> JsonResponse:
     rows = Message.objects.filter(room=room, kind__in=SHOWN_KINDS)
     if before is not None:
         rows = rows.filter(seq__lt=before)
-    page = list(rows.order_by("-seq").values("seq", "ts", "username", "text", "kind", "edited")[: limit + 1])
+    fields = ("seq", "ts", "username", "text", "kind", "edited")
+    page = list(rows.order_by("-seq").values_list(*fields)[: limit + 1])
     body = {
         "room": room.pk,
-        "messages": [_wire_message(room.pk, row) for row in reversed(page[:limit])],
+        # As the chat server sends each message live: the page shows both the same way.
+        "messages": [
+            ChatMessage(
+                room=room.pk, id=seq, ts=ts, user=username, text=text, kind=kind, edited=edited
+            ).wire()
+            for seq, ts, username, text, kind, edited in reversed(page[:limit])
+        ],
         "more": len(page) > limit,
     }
     response = JsonResponse(body)

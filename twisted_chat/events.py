@@ -34,14 +34,15 @@ class _Encoded:
     _json: str | None = field(default=None, init=False, repr=False, compare=False)
     _encodings: dict[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def _wire(self) -> dict[str, object]:
+    def wire(self) -> dict[str, object]:
+        """The event as the one JSON object every transport sends (docs/protocol.md)."""
         raise NotImplementedError
 
     @property
     def json(self) -> str:
         """The wire form, encoded once however many clients receive it."""
         if self._json is None:
-            self._json = _dumps(self._wire())
+            self._json = _dumps(self.wire())
         return self._json
 
     def encoded(self, kind: str, build: Callable[[str], bytes]) -> bytes:
@@ -87,7 +88,7 @@ class ChatMessage(_Encoded):
         """An edit or deletion: it changes another entry rather than showing itself."""
         return self.kind == EDITED or self.kind == DELETED
 
-    def _wire(self) -> dict[str, object]:
+    def wire(self) -> dict[str, object]:
         if self.kind == EDITED:
             return {
                 "type": "edited",
@@ -104,7 +105,7 @@ class ChatMessage(_Encoded):
             "room": self.room,
             "id": self.id,
             "ts": self.ts,
-            "user": self.user,
+            "user": "" if self.kind == SYSTEM else self.user,
             "text": self.text,
         }
         if self.edited is not None:
@@ -123,7 +124,7 @@ class PresenceUpdate(_Encoded):
     joined: tuple[str, ...] = ()
     left: tuple[str, ...] = ()
 
-    def _wire(self) -> dict[str, object]:
+    def wire(self) -> dict[str, object]:
         if self.users is not None:
             return {"type": "presence", "room": self.room, "users": list(self.users)}
         return {"type": "presence", "room": self.room, "joined": list(self.joined), "left": list(self.left)}
@@ -137,7 +138,7 @@ class Typing(_Encoded):
     user: str = ""
     user_id: int = field(default=0, compare=False)
 
-    def _wire(self) -> dict[str, object]:
+    def wire(self) -> dict[str, object]:
         return {"type": "typing", "room": self.room, "user": self.user}
 
 
