@@ -1,5 +1,6 @@
 """PresenceTracker on a fake clock: users not connections, lingering, expiry of a dead
-process, and a crowd arriving together costing one store write and one notice."""
+process, changes held after an announcement, and a crowd arriving together costing one
+store write, one notice and two announcements."""
 
 from __future__ import annotations
 
@@ -61,16 +62,41 @@ ALICE, BOB = Author(1, "alice"), Author(2, "bob")
 
 def test_a_user_with_several_connections_joins_once_and_leaves_with_the_last(clock, store):
     process = Process(clock, store, "p1")
-    process.tracker.arrive(ROOM, ALICE)
-    process.tracker.arrive(ROOM, ALICE)
-    process.tracker.arrive(ROOM, BOB)
+    assert process.tracker.arrive(ROOM, ALICE).called
+    assert process.tracker.arrive(ROOM, ALICE).called
+    clock.advance(SETTLE)
+    assert process.tracker.arrive(ROOM, BOB).called
     assert process.announced == [(("alice",), ()), (("bob",), ())]
     assert process.tracker.users(ROOM) == ("alice", "bob")
+    clock.advance(SETTLE)
     process.tracker.depart(ROOM, ALICE)
     assert process.tracker.users(ROOM) == ("alice", "bob")
     process.tracker.depart(ROOM, ALICE)
     assert process.announced[-1] == ((), ("alice",))
     assert process.tracker.users(ROOM) == ("bob",)
+
+
+def test_changes_soon_after_an_announcement_go_out_together(clock, store):
+    process = Process(clock, store, "p1")
+    process.tracker.arrive(ROOM, ALICE)
+    assert process.announced == [(("alice",), ())]
+    # Within the settle time of that announcement: held, and bob's arrival waits for it.
+    bobs = process.tracker.arrive(ROOM, BOB)
+    carol = Author(3, "carol")
+    carols = process.tracker.arrive(ROOM, carol)
+    process.tracker.depart(ROOM, carol)
+    process.tracker.depart(ROOM, ALICE)
+    assert not bobs.called and not carols.called
+    assert process.tracker.users(ROOM) == ("alice",), "what was last announced"
+    clock.advance(SETTLE)
+    # One announcement of the difference; carol came and went unseen.
+    assert process.announced == [(("alice",), ()), (("bob",), ("alice",))]
+    assert bobs.called and carols.called
+    assert process.tracker.users(ROOM) == ("bob",)
+    # Nothing held now: the next change goes out at once.
+    clock.advance(SETTLE)
+    assert process.tracker.arrive(ROOM, carol).called
+    assert process.announced[-1] == (("carol",), ())
 
 
 def test_a_lingering_user_stays_until_the_linger_is_over(clock, store):
@@ -88,15 +114,17 @@ def test_a_lingering_user_stays_until_the_linger_is_over(clock, store):
     assert process.announced == [(("alice",), ()), ((), ("alice",))]
 
 
-def test_a_crowd_arriving_together_is_one_write_and_one_notice(clock, store):
+def test_a_crowd_arriving_together_is_one_write_one_notice_and_two_announcements(clock, store):
     process = Process(clock, store, "p1")
-    for uid in range(1, 201):
-        process.tracker.arrive(ROOM, Author(uid, f"user{uid}"))
-    # Each is announced to this process's clients at once ...
-    assert len(process.announced) == 200
+    arrivals = [process.tracker.arrive(ROOM, Author(uid, f"user{uid}")) for uid in range(1, 201)]
+    # The first is announced to this process's clients at once, the others together ...
+    assert process.announced == [(("user1",), ())]
+    assert sum(arrival.called for arrival in arrivals) == 1
     # ... and the store and the other processes hear of them all together.
     assert store.writes == [] and process.told == []
     clock.advance(SETTLE)
+    assert len(process.announced) == 2 and len(process.announced[1][0]) == 199
+    assert all(arrival.called for arrival in arrivals)
     assert store.writes == [("set", "p1")]
     assert process.told == [ROOM]
     assert len(store.entries(ROOM).result["p1"]) == 200
@@ -113,10 +141,12 @@ def test_another_process_sees_users_come_and_go_and_a_dead_ones_expire(clock, st
     assert one.tracker.users(ROOM) == two.tracker.users(ROOM) == ("alice", "bob")
 
     # A clean stop takes its users away at once.
+    clock.advance(SETTLE)
     one.tracker.stop()
     assert ("remove", "p1") in store.writes
     two.tracker.others_changed(ROOM)
     assert two.tracker.users(ROOM) == ("bob",)
+    clock.advance(SETTLE)
 
     # A process that dies without a word: its entry lapses after the ttl, and the others'
     # regular reads see its users leave.

@@ -511,9 +511,15 @@ class RoomHub:
         subscription.state = SubscriptionState.CATCHING_UP
         if self.presence is not None and author is not None:
             subscription.present = True
-            self.presence.arrive(room_id, author)
-        # Only events published after the broker has the subscription reach the buffer, so
-        # the history is read after that.
+            # The first list of who is here names the subscriber: wait for it to be in.
+            arrived = self.presence.arrive(room_id, author)
+            if not arrived.called:
+                return arrived.addCallback(lambda _: self._where(room, room_id))
+        return self._where(room, room_id)
+
+    def _where(self, room: _Room, room_id: int) -> Deferred[int]:
+        """The room's last id, once the broker has the room: only events published after
+        that reach a subscription's buffer, so the history is read after that."""
         if room.subscribed:
             return self.log.last_id(room_id)
         ready: Deferred[None] = Deferred()

@@ -15,7 +15,11 @@ notice; each also reads the rooms it serves every ``ttl/3``, which is how a cras
 process's users are seen to leave.
 
 Every change of who is present is announced once per process as ``(joined, left)``
-usernames; the room core hands it to that process's clients.
+usernames; the room core hands it to that process's clients. A room's changes are
+announced at once, then at most once per ``settle``: those that come within it go out
+together at its end, so that a crowd arriving together (every client after a restart) is a
+few events to each client rather than one per arrival. ``users`` gives what was last
+announced; an arrival fires once it is part of that.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class _Here:
 
 
 class _RoomUsers:
-    __slots__ = ("followed", "here", "listed", "others", "present", "read")
+    __slots__ = ("arrivals", "followed", "held", "here", "listed", "others", "present", "read")
 
     def __init__(self) -> None:
         # This process's users, by id.
@@ -62,6 +66,10 @@ class _RoomUsers:
         # Whether this process has clients in the room (and so wants its changes).
         self.followed = 0
         self.read: Deferred[Any] | None = None
+        # While set, changes are held until it fires (``settle`` after the last announcement),
+        # with the arrivals waiting to be part of what was announced.
+        self.held: Any = None
+        self.arrivals: list[Deferred[None]] = []
 
 
 class PresenceTracker:
@@ -100,6 +108,11 @@ class PresenceTracker:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
+        for room in self._rooms.values():
+            if room.held is not None:
+                room.held.cancel()
+                room.held = None
+            self._let_arrivals_in(room)
         written = {room_id for room_id, room in self._rooms.items() if room.here}
         for room_id in written | self._unwritten:
             self._store.remove(room_id, self._key)
@@ -136,13 +149,20 @@ class PresenceTracker:
         room = self._rooms.get(room_id)
         return room.listed if room is not None else ()
 
-    def arrive(self, room_id: int, author: Author) -> None:
+    def arrive(self, room_id: int, author: Author) -> Deferred[None]:
+        """Fires once the user is in what ``users`` gives: at once, or when the changes
+        held with this one are announced."""
         room = self._room(room_id)
         here = room.here.get(author.id)
         if here is None:
             here = room.here[author.id] = _Here(author.username)
         here.connections += 1
         self._changed(room_id, room, local=True)
+        if room.held is None or author.id in room.present:
+            return succeed(None)
+        arrived: Deferred[None] = Deferred()
+        room.arrivals.append(arrived)
+        return arrived
 
     def depart(self, room_id: int, author: Author, linger: float = 0.0) -> None:
         room = self._rooms.get(room_id)
@@ -187,18 +207,42 @@ class PresenceTracker:
     def _changed(self, room_id: int, room: _RoomUsers, local: bool) -> None:
         if local:
             self._expire_lingerers(room)
+        if room.held is not None:
+            # Announced when the hold is over; written (if it changed anything) as usual.
+            if local:
+                self._write_soon(room_id)
+            return
         now_present = dict(room.others)
         now_present.update((uid, here.name) for uid, here in room.here.items())
-        joined = tuple(sorted({name for uid, name in now_present.items() if uid not in room.present}))
-        left = tuple(sorted({name for uid, name in room.present.items() if uid not in now_present}))
-        if now_present != room.present:
+        if now_present.keys() != room.present.keys():
+            if local:
+                self._write_soon(room_id)
+            self._announce(room_id, room, now_present)
+        elif now_present != room.present:
             room.present = now_present
             room.listed = tuple(sorted(set(now_present.values())))
-        if local and (joined or left):
-            self._write_soon(room_id)
-        if (joined or left) and room.followed:
-            self.announce(room_id, joined, left)
         self._drop_if_unused(room_id, room)
+
+    def _announce(self, room_id: int, room: _RoomUsers, now_present: dict[int, str]) -> None:
+        joined = tuple(sorted({name for uid, name in now_present.items() if uid not in room.present}))
+        left = tuple(sorted({name for uid, name in room.present.items() if uid not in now_present}))
+        room.present = now_present
+        room.listed = tuple(sorted(set(now_present.values())))
+        if room.followed and (joined or left):
+            self.announce(room_id, joined, left)
+            room.held = self._reactor.callLater(self._settle, self._held_over, room_id, room)
+
+    def _held_over(self, room_id: int, room: _RoomUsers) -> None:
+        room.held = None
+        if self._rooms.get(room_id) is room:
+            self._changed(room_id, room, local=False)
+        self._let_arrivals_in(room)
+
+    def _let_arrivals_in(self, room: _RoomUsers) -> None:
+        """The changes held with these arrivals are announced (or never will be)."""
+        arrivals, room.arrivals = room.arrivals, []
+        for arrived in arrivals:
+            arrived.callback(None)
 
     def _write_soon(self, room_id: int) -> None:
         self._unwritten.add(room_id)
